@@ -1,0 +1,2 @@
+//! The interop worker of ../shared/INTEROP.md.
+fn main() {}

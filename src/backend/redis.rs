@@ -1,0 +1,1 @@
+//! Celery's Redis result backend.

@@ -1,0 +1,1 @@
+//! The v2 body `[args, kwargs, embed]` and the v1 body dict.

@@ -1,0 +1,1 @@
+//! Binding Celery's `args` and `kwargs` to typed parameters.

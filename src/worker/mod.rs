@@ -1,0 +1,1 @@
+//! The worker: consume, run the pipeline, shut down gracefully.
