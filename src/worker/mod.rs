@@ -1,1 +1,226 @@
-//! The worker: consume, run the pipeline, shut down gracefully.
+//! The worker: consume from the broker, run each message through the
+//! [pipeline](pipeline), and shut down gracefully.
+//!
+//! The library installs no signal handlers: [`Worker::run`] takes the shutdown signal as a
+//! future, and binaries decide what triggers it (the interop worker uses SIGTERM/SIGINT).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), celeriac::Error> {
+//! use celeriac::worker::{Worker, WorkerConfig};
+//! let config = WorkerConfig { broker_url: "memory://".into(), ..WorkerConfig::default() };
+//! let worker = Worker::connect(config).await?;
+//! println!("{}", worker.banner());
+//! worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+mod pipeline;
+
+use crate::backend::{AnyBackend, BackendOptions};
+use crate::broker::{AnyBroker, BrokerOptions};
+use crate::registry::Registry;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How a worker is set up. The defaults are Celery's.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Broker URL: `redis://…`, `rediss://…`, `memory://`.
+    pub broker_url: String,
+    /// Result backend URL, or `None` to store no results.
+    pub result_backend: Option<String>,
+    /// Queues to consume from.
+    pub queues: Vec<String>,
+    /// How many tasks run at once.
+    pub concurrency: usize,
+    /// Messages reserved per concurrency slot (Celery's `worker_prefetch_multiplier`).
+    pub prefetch_multiplier: usize,
+    /// The node name, `name@host`.
+    pub hostname: String,
+    /// Acknowledge after the task ends instead of before it starts (`task_acks_late`),
+    /// for tasks that do not choose for themselves.
+    pub acks_late: bool,
+    /// Store STARTED when a task begins (`task_track_started`).
+    pub track_started: bool,
+    /// How long stored results live (`result_expires`); `None` keeps them forever.
+    pub result_expires: Option<Duration>,
+    /// Redis: unacknowledged messages older than this go back to their queue.
+    pub visibility_timeout: Duration,
+    /// Redis: how often to look for such messages.
+    pub restore_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            broker_url: "redis://127.0.0.1:6379/0".into(),
+            result_backend: None,
+            queues: vec!["celery".into()],
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch_multiplier: 4,
+            hostname: format!("celeriac@{}", host_name()),
+            acks_late: false,
+            track_started: false,
+            result_expires: Some(Duration::from_secs(86_400)),
+            visibility_timeout: Duration::from_secs(3600),
+            restore_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// This machine's host name (Linux), `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A connected worker, ready to [`run`](Worker::run).
+pub struct Worker {
+    config: WorkerConfig,
+    broker: AnyBroker,
+    backend: AnyBackend,
+    registry: Arc<Registry>,
+}
+
+impl Worker {
+    /// Connects the broker and the result backend and collects every `#[task]` of the
+    /// program. Two tasks with one name are an error here, before anything is consumed.
+    pub async fn connect(config: WorkerConfig) -> Result<Worker, crate::Error> {
+        let registry = Arc::new(Registry::from_inventory()?);
+        let broker = AnyBroker::connect(
+            &config.broker_url,
+            BrokerOptions {
+                visibility_timeout: config.visibility_timeout,
+                restore_interval: config.restore_interval,
+                ..BrokerOptions::default()
+            },
+        )
+        .await?;
+        let backend = AnyBackend::connect(
+            config.result_backend.as_deref(),
+            BackendOptions { result_expires: config.result_expires, ..BackendOptions::default() },
+        )
+        .await?;
+        Ok(Worker { config, broker, backend, registry })
+    }
+
+    /// The broker this worker consumes from (to publish to it from the same process).
+    pub fn broker(&self) -> &AnyBroker {
+        &self.broker
+    }
+
+    /// The result backend this worker stores outcomes in.
+    pub fn backend(&self) -> &AnyBackend {
+        &self.backend
+    }
+
+    /// The start-up banner: broker, backend, queues, concurrency and every registered task.
+    pub fn banner(&self) -> String {
+        let c = &self.config;
+        let mut out = format!(
+            " -------------- {} v{}\n\
+             --- ***** -----\n\
+             - transport:   {}\n\
+             - results:     {}\n\
+             - queues:      {}\n\
+             - concurrency: {} (prefetch {} per slot){}\n\
+             \n[tasks]\n",
+            c.hostname,
+            env!("CARGO_PKG_VERSION"),
+            self.broker.describe(),
+            self.backend.describe(),
+            c.queues.join(", "),
+            c.concurrency,
+            c.prefetch_multiplier,
+            if c.acks_late { ", acks late" } else { "" },
+        );
+        for name in self.registry.names() {
+            out.push_str("  . ");
+            out.push_str(name);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Consumes until `shutdown` completes, then stops taking messages, hands back the ones
+    /// it reserved, and waits for the running tasks to finish (Celery's warm shutdown).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), crate::Error> {
+        let c = &self.config;
+        let prefetch = c.concurrency.max(1) * c.prefetch_multiplier.max(1);
+        let mut consumer = self.broker.consume(&c.queues, prefetch).await?;
+        let shared = Arc::new(pipeline::Shared {
+            broker: self.broker.clone(),
+            backend: self.backend.clone(),
+            registry: self.registry.clone(),
+            slots: Arc::new(Semaphore::new(c.concurrency.max(1))),
+            hostname: c.hostname.clone(),
+            acks_late: c.acks_late,
+            track_started: c.track_started,
+            stop: tokio::sync::watch::channel(false).0,
+        });
+        tracing::info!(hostname = %c.hostname, queues = ?c.queues, "worker ready");
+
+        let mut running = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        tokio::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                next = consumer.next() => next,
+            };
+            match next {
+                Ok(delivery) => {
+                    backoff = Duration::from_millis(100);
+                    running.spawn(pipeline::process(shared.clone(), delivery));
+                }
+                Err(err) if err.is_connection_error() => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "broker connection lost");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "consumer failed");
+                    drain(&mut running).await;
+                    return Err(err.into());
+                }
+            }
+            while let Some(done) = running.try_join_next() {
+                report(done);
+            }
+        }
+
+        tracing::info!(running = running.len(), "shutting down: no new messages; finishing running tasks");
+        // Hand back what was fetched but not given to a task. Tasks waiting for a slot or an
+        // eta still own their deliveries: `pipeline` restores those when told to stop.
+        shared.stopping();
+        if let Err(err) = consumer.close().await {
+            tracing::error!(error = %err, "could not hand back reserved messages");
+        }
+        drain(&mut running).await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+async fn drain(running: &mut JoinSet<()>) {
+    while let Some(done) = running.join_next().await {
+        report(done);
+    }
+}
+
+fn report(done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done {
+        // The pipeline itself catches task panics; reaching this is a bug in the pipeline.
+        tracing::error!(error = %err, "message pipeline aborted");
+    }
+}

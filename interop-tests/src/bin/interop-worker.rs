@@ -1,2 +1,165 @@
-//! The interop worker of ../shared/INTEROP.md.
-fn main() {}
+//! The interop worker of `shared/INTEROP.md`: an ordinary user of the library that defines
+//! the contract's tasks with `#[task]` and runs a worker with Celery's flag names.
+
+use celeriac::task::{Request, TaskError};
+use celeriac::task;
+use celeriac::worker::{Worker, WorkerConfig};
+use clap::Parser;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A Celeriac worker with the interop tasks.
+#[derive(Parser, Debug)]
+#[command(name = "interop-worker", version)]
+struct Args {
+    /// Broker URL.
+    #[arg(long, env = "CELERY_BROKER_URL", default_value = "redis://127.0.0.1:6379/0")]
+    broker: String,
+    /// Result backend URL (none: results are not stored).
+    #[arg(long = "result-backend", env = "CELERY_RESULT_BACKEND")]
+    result_backend: Option<String>,
+    /// Queues to consume, comma separated.
+    #[arg(short = 'Q', long = "queues", default_value = "celery", value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Tasks in flight (default: number of CPUs).
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// Messages reserved per concurrency slot.
+    #[arg(long = "prefetch-multiplier", default_value_t = 4)]
+    prefetch_multiplier: usize,
+    /// Node name (default celeriac@<host name>).
+    #[arg(short = 'n', long)]
+    hostname: Option<String>,
+    /// Send task events.
+    #[arg(short = 'E', long)]
+    events: bool,
+    /// Acknowledge after the task ends.
+    #[arg(long = "acks-late")]
+    acks_late: bool,
+    /// Redis visibility timeout in seconds.
+    #[arg(long = "visibility-timeout", default_value_t = 3600.0)]
+    visibility_timeout: f64,
+}
+
+#[task(name = "interop.noop")]
+async fn noop() {}
+
+#[task(name = "interop.add")]
+async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    x.checked_add(y).ok_or_else(|| overflow("add", x, y))
+}
+
+#[task(name = "interop.mul")]
+async fn mul(x: i64, y: i64) -> Result<i64, TaskError> {
+    x.checked_mul(y).ok_or_else(|| overflow("mul", x, y))
+}
+
+fn overflow(op: &str, x: i64, y: i64) -> TaskError {
+    TaskError::new("OverflowError", format!("{op}({x}, {y}) does not fit in 64 bits"))
+}
+
+#[task(name = "interop.echo")]
+async fn echo(value: Value) -> Value {
+    value
+}
+
+#[task(name = "interop.concat")]
+async fn concat(parts: Vec<String>, sep: Option<String>) -> String {
+    parts.join(sep.as_deref().unwrap_or(""))
+}
+
+#[task(name = "interop.xsum")]
+async fn xsum(values: Vec<i64>) -> Result<i64, TaskError> {
+    values
+        .iter()
+        .try_fold(0i64, |acc, v| acc.checked_add(*v))
+        .ok_or_else(|| TaskError::new("OverflowError", "xsum does not fit in 64 bits"))
+}
+
+#[task(name = "interop.fail")]
+async fn fail(message: String) -> Result<(), TaskError> {
+    Err(TaskError::value_error(message))
+}
+
+#[task(name = "interop.panic")]
+async fn panic() {
+    panic!("interop.panic was called");
+}
+
+#[task(name = "interop.sleep")]
+async fn sleep(seconds: f64) -> Result<f64, TaskError> {
+    tokio::time::sleep(seconds_to_duration(seconds)?).await;
+    Ok(seconds)
+}
+
+#[task(name = "interop.blocking_sleep")]
+fn blocking_sleep(seconds: f64) -> Result<f64, TaskError> {
+    std::thread::sleep(seconds_to_duration(seconds)?);
+    Ok(seconds)
+}
+
+fn seconds_to_duration(seconds: f64) -> Result<Duration, TaskError> {
+    Duration::try_from_secs_f64(seconds).map_err(|e| TaskError::value_error(format!("seconds: {e}")))
+}
+
+#[task(name = "interop.flaky")]
+async fn flaky(failures: u32, request: &Request) -> Result<u32, TaskError> {
+    if request.retries < failures {
+        return Err(TaskError::retry().countdown(Duration::from_millis(100)).into());
+    }
+    Ok(request.retries)
+}
+
+#[task(name = "interop.whoami")]
+async fn whoami(request: &Request) -> Value {
+    json!({
+        "hostname": request.hostname,
+        "task_id": request.id,
+        "retries": request.retries,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+        "delivery_info": request.delivery_info,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.events {
+        tracing::warn!("--events: task events are not implemented yet; none will be sent");
+    }
+    let defaults = WorkerConfig::default();
+    let config = WorkerConfig {
+        broker_url: args.broker,
+        result_backend: args.result_backend,
+        queues: args.queues,
+        concurrency: args.concurrency.unwrap_or(defaults.concurrency),
+        prefetch_multiplier: args.prefetch_multiplier,
+        hostname: args.hostname.unwrap_or(defaults.hostname.clone()),
+        acks_late: args.acks_late,
+        visibility_timeout: Duration::try_from_secs_f64(args.visibility_timeout)?,
+        ..defaults
+    };
+    let worker = Worker::connect(config).await?;
+    println!("{}", worker.banner());
+    worker.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: warm shutdown"),
+        _ = int.recv() => tracing::info!("SIGINT: warm shutdown"),
+    }
+}
