@@ -57,7 +57,11 @@ impl MemoryBackend {
     /// creating it on first use. Each handle applies its own `opts`.
     pub fn open(url: &str, opts: BackendOptions) -> Self {
         let store = lock(&REGISTRY).entry(url.to_owned()).or_default().clone();
-        Self { url: url.into(), store, opts: Arc::new(opts) }
+        Self {
+            url: url.into(),
+            store,
+            opts: Arc::new(opts),
+        }
     }
 
     /// The URL this store was opened with.
@@ -77,7 +81,13 @@ impl MemoryBackend {
                 return Ok(());
             }
             let expires_at = self.opts.expires_for(meta.status).map(|d| now + d);
-            entries.insert(meta.task_id.clone(), Entry { meta: meta.clone(), expires_at });
+            entries.insert(
+                meta.task_id.clone(),
+                Entry {
+                    meta: meta.clone(),
+                    expires_at,
+                },
+            );
         }
         self.store.changed.notify_waiters();
         Ok(())
@@ -156,7 +166,12 @@ mod tests {
         let b = MemoryBackend::open("memory://success-final", BackendOptions::default());
         b.store(&ResultMeta::started("t", "w@h", 1)).unwrap();
         b.store(&ResultMeta::success("t", json!(1))).unwrap();
-        b.store(&ResultMeta::failure("t", ExceptionInfo::builtin("ValueError", "late"), None)).unwrap();
+        b.store(&ResultMeta::failure(
+            "t",
+            ExceptionInfo::builtin("ValueError", "late"),
+            None,
+        ))
+        .unwrap();
         b.store(&ResultMeta::started("t", "w@h", 2)).unwrap();
         assert_eq!(b.get("t").unwrap().status, TaskState::Success);
     }
@@ -169,10 +184,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             writer.store(&ResultMeta::started("w", "w@h", 1)).unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
-            writer.store(&ResultMeta::success("w", json!("done"))).unwrap();
+            writer
+                .store(&ResultMeta::success("w", json!("done")))
+                .unwrap();
         });
         let started = std::time::Instant::now();
-        let got = b.wait("w", Duration::from_secs(5)).await.expect("result arrives");
+        let got = b
+            .wait("w", Duration::from_secs(5))
+            .await
+            .expect("result arrives");
         assert_eq!(got.result, json!("done"));
         assert!(started.elapsed() < Duration::from_secs(2));
         task.await.unwrap();
@@ -183,7 +203,10 @@ mod tests {
 
     #[tokio::test]
     async fn results_expire_after_result_expires() {
-        let opts = BackendOptions { result_expires: Some(Duration::from_millis(150)), ..Default::default() };
+        let opts = BackendOptions {
+            result_expires: Some(Duration::from_millis(150)),
+            ..Default::default()
+        };
         let b = MemoryBackend::open("memory://expire", opts);
         b.store(&ResultMeta::success("e", json!(1))).unwrap();
         assert!(b.get("e").is_some());

@@ -9,8 +9,8 @@ pub mod redis;
 
 use std::time::Duration;
 
-pub use memory::MemoryBackend;
 pub use self::redis::RedisBackend;
+pub use memory::MemoryBackend;
 
 use crate::protocol::result_meta::{ResultDecodeError, ResultEncodeError};
 use crate::protocol::{ResultMeta, Serializer, TaskState};
@@ -32,7 +32,11 @@ pub struct BackendOptions {
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        Self { result_expires: Some(DEFAULT_RESULT_EXPIRES), failure_expires: None, serializer: Serializer::Json }
+        Self {
+            result_expires: Some(DEFAULT_RESULT_EXPIRES),
+            failure_expires: None,
+            serializer: Serializer::Json,
+        }
     }
 }
 
@@ -145,23 +149,33 @@ pub enum AnyBackend {
 impl AnyBackend {
     /// Open the backend named by `url`: `None` disables results; `redis://`, `rediss://`
     /// and `memory://` are supported. `rpc://` is not available yet.
-    pub async fn connect(url: Option<&str>, opts: BackendOptions) -> Result<AnyBackend, BackendError> {
+    pub async fn connect(
+        url: Option<&str>,
+        opts: BackendOptions,
+    ) -> Result<AnyBackend, BackendError> {
         let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
             return Ok(Self::Disabled);
         };
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).ok_or_else(|| {
-            BackendError::InvalidUrl { url: mask_password(url), reason: "expected `scheme://...`".into() }
-        })?;
+        let scheme = url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .ok_or_else(|| BackendError::InvalidUrl {
+                url: mask_password(url),
+                reason: "expected `scheme://...`".into(),
+            })?;
         match scheme.as_str() {
             "memory" | "cache+memory" => Ok(Self::Memory(MemoryBackend::open(url, opts))),
             "redis" | "rediss" => Ok(Self::Redis(RedisBackend::connect(url, opts).await?)),
             "rpc" => Err(BackendError::Unsupported {
                 url: mask_password(url),
-                reason: "the rpc:// backend needs the AMQP transport, which is not available yet".into(),
+                reason: "the rpc:// backend needs the AMQP transport, which is not available yet"
+                    .into(),
             }),
             other => Err(BackendError::Unsupported {
                 url: mask_password(url),
-                reason: format!("unknown scheme `{other}` (expected redis://, rediss:// or memory://)"),
+                reason: format!(
+                    "unknown scheme `{other}` (expected redis://, rediss:// or memory://)"
+                ),
             }),
         }
     }
@@ -188,7 +202,11 @@ impl AnyBackend {
 
     /// Wait until the task reaches a ready state (SUCCESS, FAILURE, REVOKED), pushed rather
     /// than polled; `Ok(None)` when `timeout` passes first.
-    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<ResultMeta>, BackendError> {
+    pub async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ResultMeta>, BackendError> {
         match self {
             Self::Disabled => Err(BackendError::Disabled { op: "awaited" }),
             Self::Memory(b) => Ok(b.wait(task_id, timeout).await),
@@ -213,7 +231,9 @@ impl AnyBackend {
 
 /// `scheme://user:secret@host` -> `scheme://user:**@host`, as Celery's banner shows it.
 pub(crate) fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     // The authority ends at the first `/`; the last `@` in it ends the user info (a
     // password may itself contain `@` when not percent-encoded).
     let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -233,9 +253,15 @@ mod tests {
 
     #[test]
     fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://:secret@localhost:6379/1"), "redis://:**@localhost:6379/1");
+        assert_eq!(
+            mask_password("redis://:secret@localhost:6379/1"),
+            "redis://:**@localhost:6379/1"
+        );
         assert_eq!(mask_password("redis://u:p@ss@h/0"), "redis://u:**@h/0");
-        assert_eq!(mask_password("redis://localhost:6379/1"), "redis://localhost:6379/1");
+        assert_eq!(
+            mask_password("redis://localhost:6379/1"),
+            "redis://localhost:6379/1"
+        );
         assert_eq!(mask_password("redis://user@h"), "redis://user@h");
         assert_eq!(mask_password("memory://"), "memory://");
     }
@@ -243,31 +269,64 @@ mod tests {
     #[test]
     fn expiry_rules_follow_celery() {
         let opts = BackendOptions::default();
-        assert_eq!(opts.expires_for(TaskState::Success), Some(DEFAULT_RESULT_EXPIRES));
-        let opts = BackendOptions { failure_expires: Some(Duration::from_secs(5)), ..Default::default() };
-        assert_eq!(opts.expires_for(TaskState::Failure), Some(Duration::from_secs(5)));
-        assert_eq!(opts.expires_for(TaskState::Revoked), Some(DEFAULT_RESULT_EXPIRES));
-        let opts = BackendOptions { result_expires: Some(Duration::ZERO), ..Default::default() };
+        assert_eq!(
+            opts.expires_for(TaskState::Success),
+            Some(DEFAULT_RESULT_EXPIRES)
+        );
+        let opts = BackendOptions {
+            failure_expires: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        assert_eq!(
+            opts.expires_for(TaskState::Failure),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            opts.expires_for(TaskState::Revoked),
+            Some(DEFAULT_RESULT_EXPIRES)
+        );
+        let opts = BackendOptions {
+            result_expires: Some(Duration::ZERO),
+            ..Default::default()
+        };
         assert_eq!(opts.expires_for(TaskState::Success), None);
     }
 
     #[tokio::test]
     async fn urls_choose_the_backend() {
-        let b = AnyBackend::connect(None, BackendOptions::default()).await.unwrap();
+        let b = AnyBackend::connect(None, BackendOptions::default())
+            .await
+            .unwrap();
         assert!(b.is_disabled());
         assert_eq!(b.describe(), "disabled://");
-        b.store(&ResultMeta::success("t", serde_json::json!(1))).await.unwrap();
+        b.store(&ResultMeta::success("t", serde_json::json!(1)))
+            .await
+            .unwrap();
         assert_eq!(b.get("t").await.unwrap(), None);
-        assert!(matches!(b.wait("t", Duration::ZERO).await, Err(BackendError::Disabled { .. })));
+        assert!(matches!(
+            b.wait("t", Duration::ZERO).await,
+            Err(BackendError::Disabled { .. })
+        ));
 
-        let b = AnyBackend::connect(Some("memory://urls_choose"), BackendOptions::default()).await.unwrap();
+        let b = AnyBackend::connect(Some("memory://urls_choose"), BackendOptions::default())
+            .await
+            .unwrap();
         assert_eq!(b.describe(), "memory://urls_choose");
 
-        let err = AnyBackend::connect(Some("rpc://"), BackendOptions::default()).await.unwrap_err();
+        let err = AnyBackend::connect(Some("rpc://"), BackendOptions::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, BackendError::Unsupported { .. }), "{err}");
-        let err = AnyBackend::connect(Some("mongodb://:pw@h/"), BackendOptions::default()).await.unwrap_err();
-        assert!(matches!(err, BackendError::Unsupported { .. }) && !err.to_string().contains("pw"), "{err}");
-        let err = AnyBackend::connect(Some("localhost:6379"), BackendOptions::default()).await.unwrap_err();
+        let err = AnyBackend::connect(Some("mongodb://:pw@h/"), BackendOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BackendError::Unsupported { .. }) && !err.to_string().contains("pw"),
+            "{err}"
+        );
+        let err = AnyBackend::connect(Some("localhost:6379"), BackendOptions::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, BackendError::InvalidUrl { .. }), "{err}");
         assert!(!err.is_connection_error());
     }

@@ -51,7 +51,10 @@ pub struct RedisBackend {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The client and URL may hold a password: show only the masked URL.
-        f.debug_struct("RedisBackend").field("url", &self.url).field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,13 +63,23 @@ impl RedisBackend {
     /// once if the server cannot be reached.
     pub async fn connect(url: &str, opts: BackendOptions) -> Result<Self, BackendError> {
         let masked = mask_password(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| BackendError::InvalidUrl { url: masked.clone(), reason: e.to_string() })?;
+        let client = redis::Client::open(url).map_err(|e| BackendError::InvalidUrl {
+            url: masked.clone(),
+            reason: e.to_string(),
+        })?;
         let config = ConnectionManagerConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT));
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|source| BackendError::Connect { url: masked.clone(), source })?;
-        Ok(Self { client, conn, url: masked, opts })
+            .map_err(|source| BackendError::Connect {
+                url: masked.clone(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            conn,
+            url: masked,
+            opts,
+        })
     }
 
     /// The backend URL, password masked.
@@ -85,7 +98,10 @@ impl RedisBackend {
         let key = task_key(&meta.task_id);
         let value = meta.encode(self.opts.serializer)?;
         if value.len() > MAX_VALUE_SIZE {
-            return Err(BackendError::TooLarge { task_id: meta.task_id.clone(), len: value.len() });
+            return Err(BackendError::TooLarge {
+                task_id: meta.task_id.clone(),
+                len: value.len(),
+            });
         }
         let mut conn = self.conn.clone();
 
@@ -116,7 +132,12 @@ impl RedisBackend {
             }
         }
         pipe.cmd("PUBLISH").arg(&key).arg(&value).ignore();
-        pipe.query_async::<()>(&mut conn).await.map_err(|source| BackendError::Redis { op: "MULTI/EXEC", source })
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| BackendError::Redis {
+                op: "MULTI/EXEC",
+                source,
+            })
     }
 
     /// The stored state of a task, `None` when there is none (PENDING to Celery).
@@ -130,21 +151,37 @@ impl RedisBackend {
         bytes
             .map(|b| ResultMeta::from_slice(&b))
             .transpose()
-            .map_err(|source| BackendError::Decode { task_id: task_id.to_owned(), source })
+            .map_err(|source| BackendError::Decode {
+                task_id: task_id.to_owned(),
+                source,
+            })
     }
 
     /// Wait until the task reaches a ready state, pushed over pub/sub as Celery's own client
     /// does; `Ok(None)` when `timeout` passes first.
     ///
     /// Opens a subscriber connection per call.
-    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<ResultMeta>, BackendError> {
+    pub async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ResultMeta>, BackendError> {
         let deadline = Instant::now() + timeout;
         let key = task_key(task_id);
         let Ok(pubsub) = timeout_at(deadline, self.client.get_async_pubsub()).await else {
             return Ok(None);
         };
-        let mut pubsub = pubsub.map_err(|source| BackendError::Redis { op: "SUBSCRIBE", source })?;
-        pubsub.subscribe(&key).await.map_err(|source| BackendError::Redis { op: "SUBSCRIBE", source })?;
+        let mut pubsub = pubsub.map_err(|source| BackendError::Redis {
+            op: "SUBSCRIBE",
+            source,
+        })?;
+        pubsub
+            .subscribe(&key)
+            .await
+            .map_err(|source| BackendError::Redis {
+                op: "SUBSCRIBE",
+                source,
+            })?;
         // Look only once subscribed, so a result stored in between is seen one way or the
         // other.
         if let Some(meta) = self.get(task_id).await?
@@ -162,11 +199,18 @@ impl RedisBackend {
                         std::io::ErrorKind::ConnectionAborted,
                         "the subscriber connection closed",
                     );
-                    return Err(BackendError::Redis { op: "SUBSCRIBE", source: closed.into() });
+                    return Err(BackendError::Redis {
+                        op: "SUBSCRIBE",
+                        source: closed.into(),
+                    });
                 }
             };
-            let meta = ResultMeta::from_slice(msg.get_payload_bytes())
-                .map_err(|source| BackendError::Decode { task_id: task_id.to_owned(), source })?;
+            let meta = ResultMeta::from_slice(msg.get_payload_bytes()).map_err(|source| {
+                BackendError::Decode {
+                    task_id: task_id.to_owned(),
+                    source,
+                }
+            })?;
             if meta.is_ready() {
                 return Ok(Some(meta));
             }

@@ -37,8 +37,16 @@ pub enum ExceptionDecodeError {
 
 impl ExceptionInfo {
     /// An exception of class `exc_module.exc_type` raised with positional `args`.
-    pub fn new(exc_type: impl Into<String>, exc_module: impl Into<String>, args: Vec<Value>) -> Self {
-        Self { exc_type: exc_type.into(), exc_message: Value::Array(args), exc_module: exc_module.into() }
+    pub fn new(
+        exc_type: impl Into<String>,
+        exc_module: impl Into<String>,
+        args: Vec<Value>,
+    ) -> Self {
+        Self {
+            exc_type: exc_type.into(),
+            exc_message: Value::Array(args),
+            exc_module: exc_module.into(),
+        }
     }
 
     /// A Python builtin exception (`ValueError`, `TypeError`, ...) raised with one message.
@@ -48,13 +56,21 @@ impl ExceptionInfo {
 
     /// `celery.exceptions.NotRegistered(name)`: what the worker stores for an unknown task.
     pub fn not_registered(task_name: impl Into<String>) -> Self {
-        Self::new("NotRegistered", "celery.exceptions", vec![Value::String(task_name.into())])
+        Self::new(
+            "NotRegistered",
+            "celery.exceptions",
+            vec![Value::String(task_name.into())],
+        )
     }
 
     /// `celery.exceptions.TaskRevokedError(reason)`; Celery's reasons are `"revoked"`,
     /// `"expired"` and `"terminated"`.
     pub fn task_revoked(reason: impl Into<String>) -> Self {
-        Self::new("TaskRevokedError", "celery.exceptions", vec![Value::String(reason.into())])
+        Self::new(
+            "TaskRevokedError",
+            "celery.exceptions",
+            vec![Value::String(reason.into())],
+        )
     }
 
     /// `billiard.exceptions.TimeLimitExceeded(limit)`: the hard time limit killed the task.
@@ -78,17 +94,29 @@ impl ExceptionInfo {
 
     /// `billiard.exceptions.WorkerLostError(message)`: the process running the task died.
     pub fn worker_lost(message: impl Into<String>) -> Self {
-        Self::new("WorkerLostError", "billiard.exceptions", vec![Value::String(message.into())])
+        Self::new(
+            "WorkerLostError",
+            "billiard.exceptions",
+            vec![Value::String(message.into())],
+        )
     }
 
     /// `celery.exceptions.ChordError(message)`: a chord header member failed.
     pub fn chord_error(message: impl Into<String>) -> Self {
-        Self::new("ChordError", "celery.exceptions", vec![Value::String(message.into())])
+        Self::new(
+            "ChordError",
+            "celery.exceptions",
+            vec![Value::String(message.into())],
+        )
     }
 
     /// `kombu.exceptions.EncodeError(message)`: the result could not be serialized.
     pub fn encode_error(message: impl Into<String>) -> Self {
-        Self::new("EncodeError", "kombu.exceptions", vec![Value::String(message.into())])
+        Self::new(
+            "EncodeError",
+            "kombu.exceptions",
+            vec![Value::String(message.into())],
+        )
     }
 
     /// The JSON form, keys in Celery's order (`exc_type`, `exc_message`, `exc_module`).
@@ -106,11 +134,26 @@ impl ExceptionInfo {
     /// producers) and is kept as found; a missing `exc_message` reads as no arguments, and a
     /// missing `exc_module` as `builtins` (where Python looks up bare class names).
     pub fn from_value(value: &Value) -> Result<Self, ExceptionDecodeError> {
-        let map = value.as_object().ok_or(ExceptionDecodeError::NotAnObject { found: json_type(value) })?;
-        let exc_type = map.get("exc_type").and_then(Value::as_str).ok_or(ExceptionDecodeError::MissingType)?;
-        let exc_message = map.get("exc_message").cloned().unwrap_or_else(|| Value::Array(Vec::new()));
-        let exc_module = map.get("exc_module").and_then(Value::as_str).unwrap_or("builtins");
-        Ok(Self { exc_type: exc_type.to_owned(), exc_message, exc_module: exc_module.to_owned() })
+        let map = value.as_object().ok_or(ExceptionDecodeError::NotAnObject {
+            found: json_type(value),
+        })?;
+        let exc_type = map
+            .get("exc_type")
+            .and_then(Value::as_str)
+            .ok_or(ExceptionDecodeError::MissingType)?;
+        let exc_message = map
+            .get("exc_message")
+            .cloned()
+            .unwrap_or_else(|| Value::Array(Vec::new()));
+        let exc_module = map
+            .get("exc_module")
+            .and_then(Value::as_str)
+            .unwrap_or("builtins");
+        Ok(Self {
+            exc_type: exc_type.to_owned(),
+            exc_message,
+            exc_module: exc_module.to_owned(),
+        })
     }
 
     /// The positional arguments the Python class is called with (`exc_message` as a list, or
@@ -164,11 +207,20 @@ fn python_value_repr(value: &Value) -> String {
         },
         Value::String(s) => python_str_repr(s),
         Value::Array(items) => {
-            format!("[{}]", items.iter().map(python_value_repr).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(python_value_repr)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
         Value::Object(map) => {
-            let parts: Vec<String> =
-                map.iter().map(|(k, v)| format!("{}: {}", python_str_repr(k), python_value_repr(v))).collect();
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}: {}", python_str_repr(k), python_value_repr(v)))
+                .collect();
             format!("{{{}}}", parts.join(", "))
         }
     }
@@ -176,7 +228,11 @@ fn python_value_repr(value: &Value) -> String {
 
 /// Python's `repr(str)`: single quotes unless the text holds `'` and no `"`.
 fn python_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for ch in s.chars() {
@@ -228,7 +284,10 @@ mod tests {
             to_python_json(&ExceptionInfo::soft_time_limit_exceeded().to_value()),
             r#"{"exc_type": "SoftTimeLimitExceeded", "exc_message": [], "exc_module": "billiard.exceptions"}"#
         );
-        assert_eq!(ExceptionInfo::worker_lost("gone").exc_module, "billiard.exceptions");
+        assert_eq!(
+            ExceptionInfo::worker_lost("gone").exc_module,
+            "billiard.exceptions"
+        );
     }
 
     #[test]
@@ -236,7 +295,8 @@ mod tests {
         let exc = ExceptionInfo::new("ValueError", "builtins", vec![json!("boom"), json!(42)]);
         assert_eq!(ExceptionInfo::from_value(&exc.to_value()).unwrap(), exc);
 
-        let old = ExceptionInfo::from_value(&json!({"exc_type": "KeyError", "exc_message": "x"})).unwrap();
+        let old = ExceptionInfo::from_value(&json!({"exc_type": "KeyError", "exc_message": "x"}))
+            .unwrap();
         assert_eq!(old.exc_module, "builtins");
         assert_eq!(old.args(), vec![json!("x")]);
 
@@ -244,15 +304,34 @@ mod tests {
             ExceptionInfo::from_value(&json!([1])),
             Err(ExceptionDecodeError::NotAnObject { found: "an array" })
         );
-        assert_eq!(ExceptionInfo::from_value(&json!({"exc_message": []})), Err(ExceptionDecodeError::MissingType));
+        assert_eq!(
+            ExceptionInfo::from_value(&json!({"exc_message": []})),
+            Err(ExceptionDecodeError::MissingType)
+        );
     }
 
     #[test]
     fn repr_matches_python() {
         let exc = ExceptionInfo::new("ValueError", "builtins", vec![json!("boom"), json!(42)]);
         assert_eq!(exc.to_string(), "ValueError('boom', 42)");
-        assert_eq!(ExceptionInfo::soft_time_limit_exceeded().python_repr(), "SoftTimeLimitExceeded()");
-        let odd = ExceptionInfo::new("E", "m", vec![json!("it's\n"), json!(null), json!(true), json!(1.5), json!({"a": [1]})]);
-        assert_eq!(odd.python_repr(), r#"E("it's\n", None, True, 1.5, {'a': [1]})"#);
+        assert_eq!(
+            ExceptionInfo::soft_time_limit_exceeded().python_repr(),
+            "SoftTimeLimitExceeded()"
+        );
+        let odd = ExceptionInfo::new(
+            "E",
+            "m",
+            vec![
+                json!("it's\n"),
+                json!(null),
+                json!(true),
+                json!(1.5),
+                json!({"a": [1]}),
+            ],
+        );
+        assert_eq!(
+            odd.python_repr(),
+            r#"E("it's\n", None, True, 1.5, {'a': [1]})"#
+        );
     }
 }

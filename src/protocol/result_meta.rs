@@ -142,7 +142,9 @@ pub enum ResultDecodeError {
     #[error("the stored result is empty")]
     Empty,
     /// The value was written with Celery 5.7's `result_compression`, which is not supported.
-    #[error("the stored result is compressed with `{content_type}` (Celery's result_compression), which is not supported")]
+    #[error(
+        "the stored result is compressed with `{content_type}` (Celery's result_compression), which is not supported"
+    )]
     Compressed {
         /// The compression's mime type from the payload header.
         content_type: String,
@@ -209,13 +211,27 @@ impl ResultMeta {
     }
 
     /// FAILURE with the raised exception and its formatted traceback, if any.
-    pub fn failure(task_id: impl Into<String>, exc: ExceptionInfo, traceback: Option<String>) -> Self {
-        Self { traceback, ..Self::new(task_id, TaskState::Failure, exc.to_value()) }
+    pub fn failure(
+        task_id: impl Into<String>,
+        exc: ExceptionInfo,
+        traceback: Option<String>,
+    ) -> Self {
+        Self {
+            traceback,
+            ..Self::new(task_id, TaskState::Failure, exc.to_value())
+        }
     }
 
     /// RETRY with the exception that caused the retry (no `date_done`: not a ready state).
-    pub fn retry(task_id: impl Into<String>, exc: ExceptionInfo, traceback: Option<String>) -> Self {
-        Self { traceback, ..Self::new(task_id, TaskState::Retry, exc.to_value()) }
+    pub fn retry(
+        task_id: impl Into<String>,
+        exc: ExceptionInfo,
+        traceback: Option<String>,
+    ) -> Self {
+        Self {
+            traceback,
+            ..Self::new(task_id, TaskState::Retry, exc.to_value())
+        }
     }
 
     /// STARTED, with Celery's `{"pid": ..., "hostname": ...}` result (`task_track_started`).
@@ -229,12 +245,19 @@ impl ResultMeta {
     /// REVOKED with `TaskRevokedError(reason)`; Celery's reasons are `"revoked"`,
     /// `"expired"` and `"terminated"`.
     pub fn revoked(task_id: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::new(task_id, TaskState::Revoked, ExceptionInfo::task_revoked(reason).to_value())
+        Self::new(
+            task_id,
+            TaskState::Revoked,
+            ExceptionInfo::task_revoked(reason).to_value(),
+        )
     }
 
     /// What a missing result reads as: PENDING with a `null` result.
     pub fn pending(task_id: impl Into<String>) -> Self {
-        Self { children: None, ..Self::new(task_id, TaskState::Pending, Value::Null) }
+        Self {
+            children: None,
+            ..Self::new(task_id, TaskState::Pending, Value::Null)
+        }
     }
 
     /// Set the group id (the task ran as a group or chord member).
@@ -277,7 +300,10 @@ impl ResultMeta {
     /// A result tuple for `children`: `[[task_id, null], null]`, Celery's
     /// `AsyncResult.as_tuple()` of a task without a parent in the tuple.
     pub fn child_tuple(task_id: &str) -> Value {
-        Value::Array(vec![Value::Array(vec![Value::String(task_id.to_owned()), Value::Null]), Value::Null])
+        Value::Array(vec![
+            Value::Array(vec![Value::String(task_id.to_owned()), Value::Null]),
+            Value::Null,
+        ])
     }
 
     /// Whether the state is final (SUCCESS, FAILURE, REVOKED).
@@ -287,7 +313,11 @@ impl ResultMeta {
 
     /// The stored exception, for RETRY, FAILURE and REVOKED.
     pub fn exception(&self) -> Option<ExceptionInfo> {
-        if self.status.is_exception() { ExceptionInfo::from_value(&self.result).ok() } else { None }
+        if self.status.is_exception() {
+            ExceptionInfo::from_value(&self.result).ok()
+        } else {
+            None
+        }
     }
 
     /// The value in Celery's exact field order: `status, result, traceback, children,
@@ -295,13 +325,24 @@ impl ResultMeta {
     /// task_id`.
     pub fn to_value(&self) -> Value {
         let mut map = Map::with_capacity(15);
-        map.insert("status".into(), Value::String(self.status.as_str().to_owned()));
+        map.insert(
+            "status".into(),
+            Value::String(self.status.as_str().to_owned()),
+        );
         map.insert("result".into(), self.result.clone());
-        map.insert("traceback".into(), self.traceback.clone().map_or(Value::Null, Value::String));
-        map.insert("children".into(), self.children.clone().map_or(Value::Null, Value::Array));
+        map.insert(
+            "traceback".into(),
+            self.traceback.clone().map_or(Value::Null, Value::String),
+        );
+        map.insert(
+            "children".into(),
+            self.children.clone().map_or(Value::Null, Value::Array),
+        );
         map.insert(
             "date_done".into(),
-            self.date_done.as_ref().map_or(Value::Null, |d| Value::String(python_isoformat(d))),
+            self.date_done
+                .as_ref()
+                .map_or(Value::Null, |d| Value::String(python_isoformat(d))),
         );
         if let Some(group_id) = &self.group_id {
             map.insert("group_id".into(), Value::String(group_id.clone()));
@@ -347,11 +388,20 @@ impl ResultMeta {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, ResultDecodeError> {
         if let Some(rest) = bytes.strip_prefix(COMPRESSED_PAYLOAD_MAGIC) {
             let mime = rest.split(|b| *b == 0).next().unwrap_or_default();
-            return Err(ResultDecodeError::Compressed { content_type: String::from_utf8_lossy(mime).into_owned() });
+            return Err(ResultDecodeError::Compressed {
+                content_type: String::from_utf8_lossy(mime).into_owned(),
+            });
         }
-        let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace()).ok_or(ResultDecodeError::Empty)?;
-        let value: Value =
-            if first == b'{' { serde_json::from_slice(bytes)? } else { rmp_serde::from_slice(bytes)? };
+        let first = bytes
+            .iter()
+            .copied()
+            .find(|b| !b.is_ascii_whitespace())
+            .ok_or(ResultDecodeError::Empty)?;
+        let value: Value = if first == b'{' {
+            serde_json::from_slice(bytes)?
+        } else {
+            rmp_serde::from_slice(bytes)?
+        };
         Self::from_value(&value)
     }
 
@@ -361,20 +411,35 @@ impl ResultMeta {
     /// `date_done` read as null, a missing `task_id` as the empty string, and a `date_done`
     /// without an offset (older Celery wrote naive UTC) as UTC.
     pub fn from_value(value: &Value) -> Result<Self, ResultDecodeError> {
-        let map = value.as_object().ok_or_else(|| ResultDecodeError::NotAMap { found: short(value) })?;
-        let status_name = map.get("status").and_then(Value::as_str).ok_or(ResultDecodeError::MissingStatus)?;
-        let status =
-            TaskState::parse(status_name).ok_or_else(|| ResultDecodeError::UnknownState(status_name.to_owned()))?;
+        let map = value
+            .as_object()
+            .ok_or_else(|| ResultDecodeError::NotAMap {
+                found: short(value),
+            })?;
+        let status_name = map
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or(ResultDecodeError::MissingStatus)?;
+        let status = TaskState::parse(status_name)
+            .ok_or_else(|| ResultDecodeError::UnknownState(status_name.to_owned()))?;
         let result = map.get("result").cloned().unwrap_or(Value::Null);
         let traceback = opt_string(map, "traceback")?;
         let children = match map.get("children") {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(items.clone()),
-            Some(other) => return Err(invalid("children", format!("expected a list, found {}", short(other)))),
+            Some(other) => {
+                return Err(invalid(
+                    "children",
+                    format!("expected a list, found {}", short(other)),
+                ));
+            }
         };
         let date_done = match opt_string(map, "date_done")? {
             None => None,
-            Some(text) => Some(parse_isoformat(&text).ok_or_else(|| invalid("date_done", format!("not an ISO date: {text:?}")))?),
+            Some(text) => Some(
+                parse_isoformat(&text)
+                    .ok_or_else(|| invalid("date_done", format!("not an ISO date: {text:?}")))?,
+            ),
         };
         let extended = if map.contains_key("name") || map.contains_key("worker") {
             Some(Extended {
@@ -387,7 +452,9 @@ impl ResultMeta {
                     Some(v) => v
                         .as_u64()
                         .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| invalid("retries", format!("expected a count, found {}", short(v))))?,
+                        .ok_or_else(|| {
+                            invalid("retries", format!("expected a count, found {}", short(v)))
+                        })?,
                 },
                 queue: opt_string(map, "queue")?.unwrap_or_default(),
             })
@@ -432,14 +499,22 @@ fn parse_isoformat(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         return Some(dt.with_timezone(&Utc));
     }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|n| n.and_utc())
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc())
 }
 
-fn opt_string(map: &Map<String, Value>, field: &'static str) -> Result<Option<String>, ResultDecodeError> {
+fn opt_string(
+    map: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, ResultDecodeError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(field, format!("expected a string, found {}", short(other)))),
+        Some(other) => Err(invalid(
+            field,
+            format!("expected a string, found {}", short(other)),
+        )),
     }
 }
 
@@ -451,7 +526,10 @@ fn invalid(field: &'static str, reason: String) -> ResultDecodeError {
 fn short(value: &Value) -> String {
     let mut text = value.to_string();
     if text.len() > 60 {
-        let cut = (0..=60).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=60)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         text.truncate(cut);
         text.push_str("...");
     }
@@ -467,7 +545,10 @@ mod tests {
 
     /// The captured bytes; the path works from the worktree and from /work/shared's sibling.
     fn vector(path: &str) -> Vec<u8> {
-        let candidates = [format!("{VECTORS}/{path}"), format!("/work/shared/vectors/backend/{path}")];
+        let candidates = [
+            format!("{VECTORS}/{path}"),
+            format!("/work/shared/vectors/backend/{path}"),
+        ];
         for c in &candidates {
             if let Ok(bytes) = std::fs::read(c) {
                 return bytes;
@@ -489,7 +570,11 @@ mod tests {
     fn assert_golden(meta: ResultMeta, path: &str) {
         let meta = meta.with_date_done(Some(date_of(path)));
         assert_eq!(meta.to_json(), vector_str(path), "{path}");
-        assert_eq!(ResultMeta::from_slice(&vector(path)).unwrap(), meta, "decode {path}");
+        assert_eq!(
+            ResultMeta::from_slice(&vector(path)).unwrap(),
+            meta,
+            "decode {path}"
+        );
     }
 
     const FAIL_TB: &str = "Traceback (most recent call last):\n  File \"site-packages/celery/app/trace.py\", line 564, in trace_task\n    R = retval = fun(*args, **kwargs)\n                 ^^^^^^^^^^^^^^^^^^^^\n  File \"site-packages/celery/app/trace.py\", line 883, in __protected_call__\n    return self.run(*args, **kwargs)\n           ^^^^^^^^^^^^^^^^^^^^^^^^^\n  File \"capture.py\", line 96, in fail\n    raise ValueError(msg, 42)\nValueError: ('boom', 42)\n";
@@ -500,12 +585,19 @@ mod tests {
 
     #[test]
     fn golden_success() {
-        assert_golden(ResultMeta::success("00000000-0000-4000-8000-000000000101", json!(5)), "redis/success.json");
+        assert_golden(
+            ResultMeta::success("00000000-0000-4000-8000-000000000101", json!(5)),
+            "redis/success.json",
+        );
     }
 
     #[test]
     fn golden_failure() {
-        let meta = ResultMeta::failure("00000000-0000-4000-8000-000000000102", boom(), Some(FAIL_TB.into()));
+        let meta = ResultMeta::failure(
+            "00000000-0000-4000-8000-000000000102",
+            boom(),
+            Some(FAIL_TB.into()),
+        );
         assert_golden(meta, "redis/failure_valueerror.json");
     }
 
@@ -522,7 +614,9 @@ mod tests {
     #[test]
     fn golden_children_and_group() {
         let meta = ResultMeta::success("00000000-0000-4000-8000-000000000112", json!(2))
-            .with_children(Some(vec![ResultMeta::child_tuple("00000000-0000-4000-8000-000000000113")]));
+            .with_children(Some(vec![ResultMeta::child_tuple(
+                "00000000-0000-4000-8000-000000000113",
+            )]));
         assert_golden(meta, "redis/with_link_parent.json");
         let meta = ResultMeta::success("4c8bb9a0-fc13-4298-aaed-2d36cd06b64f", json!(0))
             .with_group_id("a4360a98-3bad-4328-8d4f-a0b2314c5578");
@@ -531,14 +625,18 @@ mod tests {
 
     #[test]
     fn golden_revoked() {
-        assert_golden(ResultMeta::revoked("00000000-0000-4000-8000-000000000107", "expired"), "redis/expired.json");
+        assert_golden(
+            ResultMeta::revoked("00000000-0000-4000-8000-000000000107", "expired"),
+            "redis/expired.json",
+        );
         assert_golden(
             ResultMeta::revoked("00000000-0000-4000-8000-000000000120", "terminated"),
             "redis/revoked_terminated.json",
         );
         // Revoked by a control command, outside any task: children is null.
         assert_golden(
-            ResultMeta::revoked("00000000-0000-4000-8000-000000000124", "revoked").with_children(None),
+            ResultMeta::revoked("00000000-0000-4000-8000-000000000124", "revoked")
+                .with_children(None),
             "redis/revoked_never_sent.json",
         );
     }
@@ -569,14 +667,19 @@ mod tests {
         let meta = ResultMeta::success("00000000-0000-4000-8000-000000000101", json!(5))
             .with_extended(extended("tasks.add", json!([2, 3])));
         assert_golden(meta, "redis-extended/success.json");
-        let meta = ResultMeta::failure("00000000-0000-4000-8000-000000000102", boom(), Some(FAIL_TB.into()))
-            .with_extended(extended("tasks.fail", json!([])));
+        let meta = ResultMeta::failure(
+            "00000000-0000-4000-8000-000000000102",
+            boom(),
+            Some(FAIL_TB.into()),
+        )
+        .with_extended(extended("tasks.fail", json!([])));
         assert_golden(meta, "redis-extended/failure_valueerror.json");
     }
 
     #[test]
     fn started_matches_state_transitions() {
-        let transitions: Value = serde_json::from_slice(&vector("redis-extended/state_transitions.json")).unwrap();
+        let transitions: Value =
+            serde_json::from_slice(&vector("redis-extended/state_transitions.json")).unwrap();
         let captured = &transitions["celery-task-meta-00000000-0000-4000-8000-000000000101"][0];
         let meta = ResultMeta::started("00000000-0000-4000-8000-000000000101", "w1@capture", 30586)
             .with_extended(extended("tasks.add", json!([2, 3])));
@@ -587,16 +690,27 @@ mod tests {
     #[test]
     fn golden_msgpack() {
         let date = parse_isoformat("2026-11-22T10:52:14.649964+00:00").unwrap();
-        let meta = ResultMeta::success("00000000-0000-4000-8000-000000000101", json!(5)).with_date_done(Some(date));
-        assert_eq!(meta.to_msgpack().unwrap(), vector("redis-msgpack/success.msgpack"));
-        assert_eq!(ResultMeta::from_slice(&vector("redis-msgpack/success.msgpack")).unwrap(), meta);
+        let meta = ResultMeta::success("00000000-0000-4000-8000-000000000101", json!(5))
+            .with_date_done(Some(date));
+        assert_eq!(
+            meta.to_msgpack().unwrap(),
+            vector("redis-msgpack/success.msgpack")
+        );
+        assert_eq!(
+            ResultMeta::from_slice(&vector("redis-msgpack/success.msgpack")).unwrap(),
+            meta
+        );
 
         let bytes = vector("redis-msgpack/failure_valueerror.msgpack");
         let decoded = ResultMeta::from_slice(&bytes).unwrap();
         assert_eq!(decoded.exception(), Some(boom()));
         assert_eq!(decoded.traceback.as_deref(), Some(FAIL_TB));
-        let rebuilt = ResultMeta::failure("00000000-0000-4000-8000-000000000102", boom(), Some(FAIL_TB.into()))
-            .with_date_done(decoded.date_done);
+        let rebuilt = ResultMeta::failure(
+            "00000000-0000-4000-8000-000000000102",
+            boom(),
+            Some(FAIL_TB.into()),
+        )
+        .with_date_done(decoded.date_done);
         assert_eq!(rebuilt.to_msgpack().unwrap(), bytes);
         assert_eq!(rebuilt.encode(Serializer::Msgpack).unwrap(), bytes);
     }
@@ -608,8 +722,14 @@ mod tests {
         let dt = parse_isoformat("2026-11-22T10:51:25.000010+00:00").unwrap();
         assert_eq!(python_isoformat(&dt), "2026-11-22T10:51:25.000010+00:00");
         // A naive date (older producers) reads as UTC; other offsets are converted.
-        assert_eq!(parse_isoformat("2026-11-22T10:51:25.5").unwrap(), parse_isoformat("2026-11-22T10:51:25.500000+00:00").unwrap());
-        assert_eq!(python_isoformat(&parse_isoformat("2026-11-22T12:00:00+02:00").unwrap()), "2026-11-22T10:00:00+00:00");
+        assert_eq!(
+            parse_isoformat("2026-11-22T10:51:25.5").unwrap(),
+            parse_isoformat("2026-11-22T10:51:25.500000+00:00").unwrap()
+        );
+        assert_eq!(
+            python_isoformat(&parse_isoformat("2026-11-22T12:00:00+02:00").unwrap()),
+            "2026-11-22T10:00:00+00:00"
+        );
         // New metas never carry more precision than Python can store.
         let meta = ResultMeta::success("x", json!(1));
         assert_eq!(meta.date_done.unwrap().nanosecond() % 1000, 0);
@@ -638,27 +758,54 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(ResultMeta::from_slice(b""), Err(ResultDecodeError::Empty)));
-        assert!(matches!(ResultMeta::from_slice(b"{"), Err(ResultDecodeError::Json(_))));
-        assert!(matches!(ResultMeta::from_slice(b"\xc1"), Err(ResultDecodeError::Msgpack(_))));
-        assert!(matches!(ResultMeta::from_slice(b"{}"), Err(ResultDecodeError::MissingStatus)));
+        assert!(matches!(
+            ResultMeta::from_slice(b""),
+            Err(ResultDecodeError::Empty)
+        ));
+        assert!(matches!(
+            ResultMeta::from_slice(b"{"),
+            Err(ResultDecodeError::Json(_))
+        ));
+        assert!(matches!(
+            ResultMeta::from_slice(b"\xc1"),
+            Err(ResultDecodeError::Msgpack(_))
+        ));
+        assert!(matches!(
+            ResultMeta::from_slice(b"{}"),
+            Err(ResultDecodeError::MissingStatus)
+        ));
         assert!(matches!(
             ResultMeta::from_slice(br#"{"status": "PROGRESS"}"#),
             Err(ResultDecodeError::UnknownState(s)) if s == "PROGRESS"
         ));
         assert!(matches!(
             ResultMeta::from_slice(br#"{"status": "SUCCESS", "date_done": "yesterday"}"#),
-            Err(ResultDecodeError::InvalidField { field: "date_done", .. })
+            Err(ResultDecodeError::InvalidField {
+                field: "date_done",
+                ..
+            })
         ));
         assert!(matches!(
             ResultMeta::from_slice(br#"{"status": "SUCCESS", "children": 3}"#),
-            Err(ResultDecodeError::InvalidField { field: "children", .. })
+            Err(ResultDecodeError::InvalidField {
+                field: "children",
+                ..
+            })
         ));
-        let err = ResultMeta::from_slice(b"\x00celery-compressed\x00application/x-gzip\x00x\x9c").unwrap_err();
-        assert!(matches!(&err, ResultDecodeError::Compressed { content_type } if content_type == "application/x-gzip"));
+        let err = ResultMeta::from_slice(b"\x00celery-compressed\x00application/x-gzip\x00x\x9c")
+            .unwrap_err();
+        assert!(
+            matches!(&err, ResultDecodeError::Compressed { content_type } if content_type == "application/x-gzip")
+        );
         assert!(err.to_string().contains("result_compression"));
         // The PENDING shape Celery returns for a missing key decodes too.
         let pending = ResultMeta::from_slice(br#"{"status": "PENDING", "result": null}"#).unwrap();
-        assert_eq!(pending, ResultMeta { task_id: String::new(), ..ResultMeta::pending("") });
+        assert_eq!(
+            pending,
+            ResultMeta {
+                task_id: String::new(),
+                ..ResultMeta::pending("")
+            }
+        );
     }
 }
