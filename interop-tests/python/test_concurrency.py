@@ -28,7 +28,7 @@ def test_async_sleeps_overlap_with_concurrency_four(client, worker):
 
 def test_blocking_sleeps_run_in_parallel_and_do_not_block_async_tasks(client, worker):
     start = time.monotonic()
-    blocking = [client.blocking_sleep.delay(3.0) for _ in range(2)]
+    blocking = [client.blocking_sleep.delay(4.0) for _ in range(2)]
     # Give the worker time to start both blocking calls before the probe goes out.
     time.sleep(0.5)
     assert client.noop.delay().get(timeout=RESULT_TIMEOUT) is None
@@ -41,6 +41,6 @@ def test_blocking_sleeps_run_in_parallel_and_do_not_block_async_tasks(client, wo
         f"finished ({still_running}): blocking tasks held up the worker")
     values = [r.get(timeout=RESULT_TIMEOUT) for r in blocking]
     elapsed = time.monotonic() - start
-    assert values == [3.0, 3.0]
-    # In sequence they would take 6 s; in parallel about 3 s.
-    assert elapsed < 5.5, f"two 3 s blocking sleeps took {elapsed:.2f} s: they did not run in parallel"
+    assert values == [4.0, 4.0]
+    # In sequence they would take 8 s; in parallel about 4 s.
+    assert elapsed < 7.0, f"two 4 s blocking sleeps took {elapsed:.2f} s: they did not run in parallel"
