@@ -1,0 +1,51 @@
+"""Messages the worker cannot decode are dead-lettered, never lost, never fatal."""
+
+import base64
+import json
+import uuid
+
+import pytest
+
+from conftest import RESULT_TIMEOUT, wait_until
+
+DB = 14
+WORKER_OPTIONS = {"concurrency": 2}
+DEAD_LETTER = "celeriac.dead_letter"
+
+
+def envelope_with_body(body: bytes, task_id: str) -> bytes:
+    """A kombu Redis envelope whose headers are fine but whose body is not valid JSON."""
+    return json.dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": "interop.add", "id": task_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": 0,
+            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+            "argsrepr": "(1, 2)", "kwargsrepr": "{}", "origin": "gen0@interop-tests",
+            "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": str(uuid.uuid4()), "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    }).encode()
+
+
+@pytest.mark.rust_only
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"this is not a kombu envelope \x00\xff{", id="garbage-envelope"),
+    pytest.param(envelope_with_body(b"[[1, 2], {}, {not json", "00000000-0000-4000-8000-00000000dead"),
+                 id="body-not-json"),
+])
+def test_malformed_message_is_dead_lettered_and_the_worker_goes_on(client, rdb, worker, raw):
+    rdb.lpush("celery", raw)
+    # A later call succeeds: the worker neither crashed nor stalled on the bad message.
+    assert client.add.delay(2, 3).get(timeout=RESULT_TIMEOUT) == 5
+    assert worker.alive(), worker.describe()
+    wait_until(lambda: raw in rdb.lrange(DEAD_LETTER, 0, -1), 30,
+               f"the raw message in the Redis list {DEAD_LETTER}")
+    assert rdb.llen("celery") == 0
