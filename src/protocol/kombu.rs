@@ -753,4 +753,130 @@ mod tests {
         assert_eq!(to_python_json(&json!(1e100)), "1e+100");
         assert_eq!(to_python_json(&json!(1e15)), "1000000000000000.0");
     }
+
+    /// (JSON of the value, rendered as a tuple?, maxlen, what Celery 5.7's saferepr gives).
+    const SAFEREPR_CASES: &[(&str, bool, usize, &str)] = &[
+        ("[2, 3]", true, 1024, "(2, 3)"),
+        ("[1]", true, 1024, "(1,)"),
+        ("[]", true, 1024, "()"),
+        ("[2, 3]", false, 1024, "[2, 3]"),
+        (r#"{"z": 1}"#, false, 1024, "{'z': 1}"),
+        ("[1, [2, [3, [4, [5]]]]]", true, 1024, "(1, [2, [3, [...]]])"),
+        (r#"["it's", "a\nb", "\u00e9", null, true, 1.5, 1e+16, -0.0, 18446744073709551615]"#, true, 1024,
+         "('it\\'s', 'a\nb', 'é', None, True, 1.5, 1e+16, -0.0, 18446744073709551615)"),
+        (r#"[{"a": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "b": [1, 2, 3]}]"#, true, 20, "({'a': 'xxxxxxxxxxxxx...', ...},)"),
+        (r#"{"k": {"x": {"y": {"z": 1}}}}"#, false, 1024, "{'k': {'x': {'y': {...}}}}"),
+        (r#"["a b c d e f g h", 2]"#, true, 10, "('a b c d...', ...)"),
+        (r#"[{"kkkkkkkkkk": "v"}, [1, [2, [3]]], "tail"]"#, true, 15, "({'kkkkkkkkkk': , ...})"),
+        (r#"[{"__type__": "bytes", "__value__": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]"#, true, 20, "(b'xxxxxxxxxxxxxxxxxxx...',)"),
+        (r#"[{"__type__": "base64", "__value__": "/wAB"}, {"__type__": "bytes", "__value__": "hi"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:00-05:00"}, {"__type__": "time", "__value__": "03:04:00"}, {"__type__": "decimal", "__value__": "1.50"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"}]"#,
+         true, 1024,
+         "(b'ff0001', b'hi', datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.timezone(datetime.timedelta(days=-1, seconds=68400))), datetime.time(3, 4), Decimal('1.50'), UUID('12345678-1234-5678-1234-567812345678'), datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc), datetime.datetime(2024, 1, 2, 3, 4, 5))"),
+    ];
+
+    #[test]
+    fn saferepr_matches_celery_byte_for_byte() {
+        for (input, as_tuple, maxlen, expected) in SAFEREPR_CASES {
+            let v: Value = serde_json::from_str(input).unwrap();
+            let got = if *as_tuple {
+                saferepr_items(Item::Tuple(v.as_array().unwrap()), Some(*maxlen), REPR_MAXLEVELS)
+            } else {
+                saferepr(&v, Some(*maxlen))
+            };
+            assert_eq!(&got, expected, "saferepr of {input}");
+        }
+        // A list of 100 numbers cut at 30 characters keeps Celery's dangling separator.
+        let hundred = Value::Array((0..100).map(Value::from).collect());
+        assert_eq!(saferepr(&hundred, Some(30)), "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, , ...]");
+        // A 2000-character string inside the args is cut to the 1024 budget.
+        let long = args_repr(&[json!(["x".repeat(2000)])]);
+        assert_eq!(long, format!("(['{}...'],)", "x".repeat(1022)));
+    }
+
+    #[test]
+    fn args_and_kwargs_repr_as_celery_writes_them() {
+        assert_eq!(args_repr(&[json!(2), json!(3)]), "(2, 3)");
+        assert_eq!(args_repr(&[json!(1)]), "(1,)");
+        assert_eq!(args_repr(&[]), "()");
+        assert_eq!(kwargs_repr(json!({"z": 1}).as_object().unwrap()), "{'z': 1}");
+        assert_eq!(kwargs_repr(&Map::new()), "{}");
+    }
+
+    #[test]
+    fn py_repr_escapes_like_python() {
+        // repr('it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀')
+        assert_eq!(py_repr(&json!("it's \"q\" \\ \t \u{0} \u{7f} \u{a0} é \u{2028} 😀")), r#"'it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀'"#);
+        assert_eq!(py_repr(&json!("it's")), r#""it's""#);
+        assert_eq!(py_repr(&json!([null, true, false, 1.0, 1e16, -3])), "[None, True, False, 1.0, 1e+16, -3]");
+        assert_eq!(py_repr(&json!({"a": {"b": []}})), "{'a': {'b': []}}");
+        // repr(b"it's \\ \x00 \xff")
+        assert_eq!(py_repr(&bytes_marker(b"it's \\ \x00 \xff")), r#"b"it's \\ \x00 \xff""#);
+        assert_eq!(py_repr(&json!({"__type__": "decimal", "__value__": "3.14"})), "Decimal('3.14')");
+    }
+
+    #[test]
+    fn markers_are_checked_like_kombus_object_hook() {
+        let ok = [
+            json!({"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}),
+            json!({"__type__": "date", "__value__": "2024-01-02"}),
+            json!({"__type__": "time", "__value__": "03:04:05"}),
+            json!({"__type__": "decimal", "__value__": "-3.14e5"}),
+            json!({"__type__": "decimal", "__value__": "NaN"}),
+            json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}),
+            json!({"__type__": "bytes", "__value__": "hello"}),
+            json!({"__type__": "base64", "__value__": "/wAB"}),
+        ];
+        for v in &ok {
+            assert!(check_marker(v).unwrap().is_some(), "{v}");
+        }
+        let bad = [
+            json!({"__type__": "set", "__value__": [1]}),
+            json!({"__type__": 1, "__value__": 1}),
+            json!({"__type__": "datetime", "__value__": "yesterday"}),
+            json!({"__type__": "datetime", "__value__": 5}),
+            json!({"__type__": "decimal", "__value__": "1.2.3"}),
+            json!({"__type__": "uuid", "__value__": "12345678123456781234567812345678"}),
+            json!({"__type__": "uuid", "__value__": {"hex": "zz"}}),
+            json!({"__type__": "base64", "__value__": "QQ"}),
+            json!({"__type__": "bytes", "__value__": 1}),
+        ];
+        for v in &bad {
+            assert!(check_marker(v).is_err(), "{v}");
+            // Nested anywhere, the whole document is refused.
+            assert!(check_markers(&json!([1, {"k": [v]}])).is_err(), "{v}");
+        }
+        // Not a marker: other keys present, or a key missing.
+        assert_eq!(check_marker(&json!({"__type__": "set", "__value__": 1, "x": 2})), Ok(None));
+        assert_eq!(check_marker(&json!({"__type__": "set"})), Ok(None));
+    }
+
+    #[test]
+    fn plain_unwraps_every_marker_recursively() {
+        let v = json!({
+            "d": {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"},
+            "n": [{"__type__": "decimal", "__value__": "3.14"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}],
+            "b": {"__type__": "bytes", "__value__": "hello"},
+            "r": {"__type__": "base64", "__value__": "/wAB"},
+            "keep": {"__type__": "x", "__value__": 1, "more": true},
+        });
+        assert_eq!(
+            plain(&v),
+            json!({
+                "d": "2024-01-02T03:04:05",
+                "n": ["3.14", "12345678-1234-5678-1234-567812345678"],
+                "b": "hello",
+                "r": [255, 0, 1],
+                "keep": {"__type__": "x", "__value__": 1, "more": true},
+            })
+        );
+        assert_eq!(unwrap_marker(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn bytes_markers_choose_text_or_base64() {
+        assert_eq!(bytes_marker(b"hello"), json!({"__type__": "bytes", "__value__": "hello"}));
+        assert_eq!(bytes_marker(b"\xff\x00\x01"), json!({"__type__": "base64", "__value__": "/wAB"}));
+        assert_eq!(marker_bytes(&bytes_marker(b"\xff\x00\x01")), Some(vec![0xff, 0, 1]));
+        assert_eq!(marker_bytes(&json!({"__type__": "date", "__value__": "2024-01-02"})), None);
+    }
 }
