@@ -62,7 +62,14 @@ fn captures() -> &'static [RawMessage] {
 /// Any JSON value, with kombu-marker-shaped objects (valid or not) among the leaves.
 fn arb_value(markers: bool) -> impl Strategy<Value = Value> {
     let marker_types = prop_oneof![
-        Just("bytes"), Just("base64"), Just("uuid"), Just("datetime"), Just("date"), Just("time"), Just("decimal"), Just("set")
+        Just("bytes"),
+        Just("base64"),
+        Just("uuid"),
+        Just("datetime"),
+        Just("date"),
+        Just("time"),
+        Just("decimal"),
+        Just("set")
     ];
     let plain_leaf = prop_oneof![
         Just(Value::Null),
@@ -117,9 +124,28 @@ fn check(raw: &RawMessage) -> Result<(), TestCaseError> {
 }
 
 const HEADER_NAMES: [&str; 22] = [
-    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
-    "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting", "stamped_headers",
-    "stamps", "compression", "x-custom", "redelivered",
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+    "compression",
+    "x-custom",
+    "redelivered",
 ];
 
 #[derive(Debug, Clone)]

@@ -66,7 +66,8 @@ fn redis(name: &str) -> (Value, RawMessage) {
 fn amqp(name: &str) -> (Value, RawMessage) {
     let cap = read_json(&vectors().join("amqp/broker").join(format!("{name}.json")));
     let mut properties = obj(&cap["properties"]);
-    let content_type = properties.remove("content_type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let content_type =
+        properties.remove("content_type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let content_encoding =
         properties.remove("content_encoding").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let raw = RawMessage {
@@ -122,10 +123,18 @@ fn assert_matches_capture(what: &str, msg: &TaskMessage, headers: &Value, body: 
     for (k, v) in &msg.headers.extra {
         assert_eq!(&headers[k], v, "{what}: extra header {k}");
     }
-    let iso = |field: &str| headers[field].as_str().filter(|s| !s.is_empty()).map(|s| {
-        let with_zone = if s.len() > 19 && (s.ends_with('Z') || s[19..].contains(['+', '-'])) { s.to_string() } else { format!("{s}+00:00") };
-        DateTime::parse_from_rfc3339(&with_zone).unwrap_or_else(|e| panic!("{what}: {field} {s}: {e}")).with_timezone(&Utc)
-    });
+    let iso = |field: &str| {
+        headers[field].as_str().filter(|s| !s.is_empty()).map(|s| {
+            let with_zone = if s.len() > 19 && (s.ends_with('Z') || s[19..].contains(['+', '-'])) {
+                s.to_string()
+            } else {
+                format!("{s}+00:00")
+            };
+            DateTime::parse_from_rfc3339(&with_zone)
+                .unwrap_or_else(|e| panic!("{what}: {field} {s}: {e}"))
+                .with_timezone(&Utc)
+        })
+    };
     assert_eq!(msg.headers.eta, iso("eta"), "{what}: eta");
     assert_eq!(msg.headers.expires, iso("expires"), "{what}: expires");
 }
@@ -134,7 +143,8 @@ fn assert_matches_capture(what: &str, msg: &TaskMessage, headers: &Value, body: 
 fn redis_envelopes() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for dir in ["redis/broker", "redis/ack-emulation"] {
-        let mut paths: Vec<_> = fs::read_dir(vectors().join(dir)).expect("vectors dir").map(|e| e.unwrap().path()).collect();
+        let mut paths: Vec<_> =
+            fs::read_dir(vectors().join(dir)).expect("vectors dir").map(|e| e.unwrap().path()).collect();
         paths.sort();
         for path in paths {
             let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -227,7 +237,11 @@ fn decode_then_encode_rebuilds_every_captured_v2_message() {
         }
         assert_eq!(again.content_type, raw.content_type, "{name}");
         assert_eq!(again.content_encoding, raw.content_encoding, "{name}");
-        assert_eq!(Value::Object(again.properties.clone()), Value::Object(raw.properties.clone()), "{name}: properties");
+        assert_eq!(
+            Value::Object(again.properties.clone()),
+            Value::Object(raw.properties.clone()),
+            "{name}: properties"
+        );
         assert_eq!(
             again.properties.keys().collect::<Vec<_>>(),
             raw.properties.keys().collect::<Vec<_>>(),
@@ -272,9 +286,7 @@ fn golden_encode_v2_full_options() {
     h.ignore_result = Some(true);
     h.extra.insert("x-custom".into(), json!("value"));
     h.extra.insert("x-num".into(), json!(7));
-    let sig = |task: &str, args: Value| {
-        json!({"task": task, "args": args, "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false})
-    };
+    let sig = |task: &str, args: Value| json!({"task": task, "args": args, "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false});
     msg.embed.callbacks = Some(vec![sig("tasks.add", json!([10]))]);
     msg.embed.errbacks = Some(vec![sig("tasks.errback", json!([]))]);
     msg.properties.insert("reply_to".into(), json!("66381240-4081-3615-a8ad-96f052e1eb1a"));
@@ -290,7 +302,8 @@ fn golden_encode_v2_send_task() {
     let (env, raw) = redis("v2_send_task");
     let mut kwargs = Map::new();
     kwargs.insert("z".into(), json!(1));
-    let mut msg = TaskMessage::new("tasks.add", "00000000-0000-4000-8000-000000000002", vec![json!(2), json!(3)], kwargs);
+    let mut msg =
+        TaskMessage::new("tasks.add", "00000000-0000-4000-8000-000000000002", vec![json!(2), json!(3)], kwargs);
     msg.headers.ignore_result = None;
     msg.headers.origin = Some("gen30196@vm".into());
     // send_task(args=[2, 3]) reprs a list, not a tuple.
@@ -400,7 +413,8 @@ fn naive_eta_is_read_as_utc() {
 fn eta_is_written_in_python_isoformat() {
     let mut msg = TaskMessage::new("t", "i", vec![], Map::new());
     msg.headers.eta = Some(Utc.with_ymd_and_hms(2030, 1, 2, 0, 0, 0).unwrap());
-    msg.headers.expires = Some(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::microseconds(123_456));
+    msg.headers.expires =
+        Some(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::microseconds(123_456));
     let out = encode(&msg).unwrap();
     assert_eq!(out.headers["eta"], json!("2030-01-02T00:00:00+00:00"));
     assert_eq!(out.headers["expires"], json!("2030-01-01T12:00:00.123456+00:00"));
@@ -501,7 +515,10 @@ fn retry_message_carries_origin_as_an_extra_property() {
     assert_eq!(msg.headers.parent_id.as_deref(), Some(msg.headers.id.as_str()));
     assert_eq!(msg.properties["origin"], json!("gen30405@vm"));
     let out = encode(&msg).unwrap();
-    assert_eq!(out.properties.keys().collect::<Vec<_>>(), ["correlation_id", "reply_to", "origin", "delivery_mode", "priority"]);
+    assert_eq!(
+        out.properties.keys().collect::<Vec<_>>(),
+        ["correlation_id", "reply_to", "origin", "delivery_mode", "priority"]
+    );
 }
 
 #[test]
@@ -640,7 +657,12 @@ fn unparsable_eta_is_an_invalid_header() {
 
 #[test]
 fn msgpack_and_json_give_the_same_task() {
-    let mut msg = TaskMessage::new("t", "i", vec![json!(1), json!("s"), json!({"__type__": "base64", "__value__": "/wAB"})], Map::new());
+    let mut msg = TaskMessage::new(
+        "t",
+        "i",
+        vec![json!(1), json!("s"), json!({"__type__": "base64", "__value__": "/wAB"})],
+        Map::new(),
+    );
     let json_raw = encode(&msg).unwrap();
     msg.serializer = Serializer::Msgpack;
     let mp_raw = encode(&msg).unwrap();

@@ -12,8 +12,11 @@ use super::decode::DecodeError;
 /// The embed keys Celery reads; any other key lands in [`Embed::extra`].
 const EMBED_KEYS: [&str; 4] = ["callbacks", "errbacks", "chain", "chord"];
 
+/// A task body split into positional args, keyword args and canvas fields.
+pub type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
+
 /// Split a decoded v2 body into args, kwargs and embed.
-pub fn parse_v2_body(body: Value) -> Result<(Vec<Value>, Map<String, Value>, Embed), DecodeError> {
+pub fn parse_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
     let Value::Array(items) = body else {
         return Err(DecodeError::BodyShape(format!("expected [args, kwargs, embed], got {}", kind(&body))));
     };
@@ -32,7 +35,12 @@ pub fn parse_v2_body(body: Value) -> Result<(Vec<Value>, Map<String, Value>, Emb
             let chain = match fields.remove("chain") {
                 None | Some(Value::Null) => None,
                 Some(Value::Array(items)) => Some(items),
-                Some(other) => return Err(DecodeError::BodyShape(format!("embed chain must be a list or null, got {}", kind(&other)))),
+                Some(other) => {
+                    return Err(DecodeError::BodyShape(format!(
+                        "embed chain must be a list or null, got {}",
+                        kind(&other)
+                    )));
+                }
             };
             let known = embed_from_fields(&mut fields)?;
             Embed { chain, extra: fields, ..known }
@@ -49,14 +57,21 @@ pub fn embed_from_fields(fields: &mut Map<String, Value>) -> Result<Embed, Decod
     let list = |name: &str, v: Option<Value>| match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => Ok(Some(items)),
-        Some(other) => Err(DecodeError::BodyShape(format!("embed {name} must be a list or null, got {}", kind(&other)))),
+        Some(other) => {
+            Err(DecodeError::BodyShape(format!("embed {name} must be a list or null, got {}", kind(&other))))
+        }
     };
     let callbacks = list("callbacks", fields.remove("callbacks"))?;
     let errbacks = list("errbacks", fields.remove("errbacks"))?;
     let chord = match fields.remove("chord") {
         None | Some(Value::Null) => None,
         Some(sig @ Value::Object(_)) => Some(sig),
-        Some(other) => return Err(DecodeError::BodyShape(format!("embed chord must be a signature or null, got {}", kind(&other)))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "embed chord must be a signature or null, got {}",
+                kind(&other)
+            )));
+        }
     };
     Ok(Embed { callbacks, errbacks, chain: None, chord, extra: Map::new() })
 }
@@ -126,8 +141,16 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors() {
-        for body in [json!({}), json!([[], {}]), json!([[], {}, {}, 1]), json!(["a", {}, {}]), json!([[], [], {}]),
-                     json!([[], {}, 3]), json!([[], {}, {"callbacks": {}}]), json!([[], {}, {"chord": []}])] {
+        for body in [
+            json!({}),
+            json!([[], {}]),
+            json!([[], {}, {}, 1]),
+            json!(["a", {}, {}]),
+            json!([[], [], {}]),
+            json!([[], {}, 3]),
+            json!([[], {}, {"callbacks": {}}]),
+            json!([[], {}, {"chord": []}]),
+        ] {
             assert!(matches!(parse_v2_body(body.clone()), Err(DecodeError::BodyShape(_))), "{body}");
         }
     }

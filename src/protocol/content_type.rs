@@ -89,7 +89,9 @@ impl Serializer {
                 check_markers(value)?;
                 Ok(to_python_json(value).into_bytes())
             }
-            Serializer::Msgpack => rmp_serde::to_vec(&MsgpackOut(value)).map_err(|e| EncodeError::Msgpack(e.to_string())),
+            Serializer::Msgpack => {
+                rmp_serde::to_vec(&MsgpackOut(value)).map_err(|e| EncodeError::Msgpack(e.to_string()))
+            }
         }
     }
 
@@ -320,7 +322,10 @@ mod tests {
     #[test]
     fn json_rejects_unknown_markers_both_ways() {
         let bad = json!({"__type__": "pickle", "__value__": "x"});
-        assert!(matches!(Serializer::Json.deserialize(br#"{"__type__": "pickle", "__value__": "x"}"#), Err(DecodeError::Marker(_))));
+        assert!(matches!(
+            Serializer::Json.deserialize(br#"{"__type__": "pickle", "__value__": "x"}"#),
+            Err(DecodeError::Marker(_))
+        ));
         assert!(matches!(Serializer::Json.serialize(&bad), Err(EncodeError::Marker(_))));
         // A third key makes it an ordinary dict.
         assert!(Serializer::Json.deserialize(br#"{"__type__": "pickle", "__value__": "x", "y": 1}"#).is_ok());

@@ -12,7 +12,7 @@ use std::io::Read;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
-use super::body::{embed_from_fields, parse_v2_body};
+use super::body::{BodyParts, embed_from_fields, parse_v2_body};
 use super::kombu::{MarkerError, saferepr};
 use super::{ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage};
 
@@ -120,8 +120,6 @@ fn decompress(raw: &RawMessage) -> Result<Cow<'_, [u8]>, DecodeError> {
     }
 }
 
-type Parts = (Vec<Value>, Map<String, Value>, super::Embed);
-
 /// `args` and `kwargs` of a v1 / hybrid body: `body.get('args', ())`, `body.get('kwargs', {})`,
 /// kwargs must be a mapping.
 fn v1_args(fields: &mut Map<String, Value>) -> Result<(Vec<Value>, Map<String, Value>), DecodeError> {
@@ -140,7 +138,7 @@ fn v1_args(fields: &mut Map<String, Value>) -> Result<(Vec<Value>, Map<String, V
 
 /// `proto1_to_proto2`: the body dict is the request; `taskset` becomes `group`,
 /// argsrepr/kwargsrepr are computed here, `chain` is always `None`.
-fn proto1(mut fields: Map<String, Value>) -> Result<(TaskHeaders, Parts), DecodeError> {
+fn proto1(mut fields: Map<String, Value>) -> Result<(TaskHeaders, BodyParts), DecodeError> {
     let (args, kwargs) = v1_args(&mut fields)?;
     let embed = embed_from_fields(&mut fields)?;
     fields.remove("chain");
@@ -155,7 +153,10 @@ fn proto1(mut fields: Map<String, Value>) -> Result<(TaskHeaders, Parts), Decode
 
 /// `hybrid_to_proto2`: v2 headers rebuilt from the body's fields, then the message's
 /// own headers laid over them.
-fn hybrid(message_headers: &Map<String, Value>, mut fields: Map<String, Value>) -> Result<(TaskHeaders, Parts), DecodeError> {
+fn hybrid(
+    message_headers: &Map<String, Value>,
+    mut fields: Map<String, Value>,
+) -> Result<(TaskHeaders, BodyParts), DecodeError> {
     let (args, kwargs) = v1_args(&mut fields)?;
     let embed = embed_from_fields(&mut fields)?;
     let mut headers = Map::new();
@@ -167,7 +168,10 @@ fn hybrid(message_headers: &Map<String, Value>, mut fields: Map<String, Value>) 
         headers.insert(name.into(), fields.get(name).cloned().unwrap_or(Value::Null));
     }
     headers.insert("retries".into(), fields.get("retries").cloned().unwrap_or(Value::from(0)));
-    headers.insert("timelimit".into(), fields.get("timelimit").cloned().unwrap_or(Value::Array(vec![Value::Null, Value::Null])));
+    headers.insert(
+        "timelimit".into(),
+        fields.get("timelimit").cloned().unwrap_or(Value::Array(vec![Value::Null, Value::Null])),
+    );
     for name in ["argsrepr", "kwargsrepr", "origin"] {
         headers.insert(name.into(), fields.get(name).cloned().unwrap_or(Value::Null));
     }
@@ -235,7 +239,8 @@ pub fn parse_iso_datetime(s: &str) -> Result<IsoDateTime, String> {
         }
     };
     let year = i32::try_from(year).map_err(|_| bad())?;
-    let date = NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| format!("{s:?}: day is out of range for month"))?;
+    let date =
+        NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| format!("{s:?}: day is out of range for month"))?;
     if pos == b.len() {
         return Ok(IsoDateTime { date, time: NaiveTime::MIN, offset: None });
     }
@@ -264,8 +269,11 @@ pub fn parse_iso8601(s: &str) -> Result<DateTime<Utc>, String> {
     parse_iso_datetime(s)?.to_utc().ok_or_else(|| format!("{s:?} is out of range"))
 }
 
-/// Hours, minutes, seconds, microseconds and an optional UTC offset in seconds.
-fn parse_clock(s: &str, allow_24: bool) -> Result<((u32, u32, u32, u32), Option<i32>), String> {
+/// Hours, minutes, seconds, microseconds.
+type Clock = (u32, u32, u32, u32);
+
+/// A clock time and an optional UTC offset in seconds.
+fn parse_clock(s: &str, allow_24: bool) -> Result<(Clock, Option<i32>), String> {
     let b = s.as_bytes();
     let bad = || "invalid time".to_string();
     let hour = digits(b, 0, 2).ok_or_else(bad)?;
@@ -348,7 +356,9 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> String {
-        parse_iso8601(s).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)).unwrap_or_else(|e| format!("ERR {e}"))
+        parse_iso8601(s)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]
@@ -367,8 +377,19 @@ mod tests {
 
     #[test]
     fn iso_rejects_garbage() {
-        for bad in ["", "soon", "2030-13-01T00:00:00", "2030-02-30", "2030-01-01T25:00", "2030-01-01T12:00:00+99:00",
-                    "2030-01-01X12:00", "2030-01-01T12:00:00.", "2030-01-01T12:00:00+", "2030-01-01T1", "２０３０-01-01"] {
+        for bad in [
+            "",
+            "soon",
+            "2030-13-01T00:00:00",
+            "2030-02-30",
+            "2030-01-01T25:00",
+            "2030-01-01T12:00:00+99:00",
+            "2030-01-01X12:00",
+            "2030-01-01T12:00:00.",
+            "2030-01-01T12:00:00+",
+            "2030-01-01T1",
+            "２０３０-01-01",
+        ] {
             assert!(parse_iso8601(bad).is_err(), "{bad:?} should not parse");
         }
     }

@@ -99,15 +99,8 @@ fn zlib(bytes: &[u8]) -> Result<Vec<u8>, EncodeError> {
 /// ```
 pub fn python_isoformat(t: &DateTime<Utc>) -> String {
     let micro = t.nanosecond() % 1_000_000_000 / 1000;
-    let mut s = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    let mut s =
+        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
     if micro != 0 {
         s.push_str(&format!(".{micro:06}"));
     }

@@ -105,7 +105,6 @@ pub const KNOWN_HEADERS: [&str; 19] = [
     "stamps",
 ];
 
-
 /// A string header that may be absent or null.
 fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, DecodeError> {
     match map.get(name) {
@@ -137,7 +136,9 @@ fn opt_time(map: &Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>
 fn int_or(map: &Map<String, Value>, name: &str, default: i64) -> Result<i64, DecodeError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}"))),
+        Some(Value::Number(n)) => {
+            n.as_i64().ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}")))
+        }
         Some(other) => Err(DecodeError::header(name, format!("expected an integer, got {other}"))),
     }
 }
@@ -149,7 +150,9 @@ fn limit(v: Option<&Value>) -> Result<Option<f64>, DecodeError> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
-            _ => Err(DecodeError::header("timelimit", format!("time limit {n} is not a non-negative number of seconds"))),
+            _ => {
+                Err(DecodeError::header("timelimit", format!("time limit {n} is not a non-negative number of seconds")))
+            }
         },
         Some(other) => Err(DecodeError::header("timelimit", format!("expected seconds or null, got {other}"))),
     }
@@ -186,16 +189,21 @@ impl TaskHeaders {
         let group_index = match map.get("group_index") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(
-                n.as_i64().ok_or_else(|| DecodeError::header("group_index", format!("expected an integer, got {n}")))?,
+                n.as_i64()
+                    .ok_or_else(|| DecodeError::header("group_index", format!("expected an integer, got {n}")))?,
             ),
-            Some(other) => return Err(DecodeError::header("group_index", format!("expected an integer or null, got {other}"))),
+            Some(other) => {
+                return Err(DecodeError::header("group_index", format!("expected an integer or null, got {other}")));
+            }
         };
         let ignore_result = match map.get("ignore_result") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
             // Python reads the header for its truth value.
             Some(Value::Number(n)) => Some(n.as_f64() != Some(0.0)),
-            Some(other) => return Err(DecodeError::header("ignore_result", format!("expected a boolean or null, got {other}"))),
+            Some(other) => {
+                return Err(DecodeError::header("ignore_result", format!("expected a boolean or null, got {other}")));
+            }
         };
         let stamped_headers = match map.get("stamped_headers") {
             None | Some(Value::Null) => None,
@@ -206,7 +214,9 @@ impl TaskHeaders {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| DecodeError::header("stamped_headers", "expected a list of strings"))?,
             ),
-            Some(other) => return Err(DecodeError::header("stamped_headers", format!("expected a list or null, got {other}"))),
+            Some(other) => {
+                return Err(DecodeError::header("stamped_headers", format!("expected a list or null, got {other}")));
+            }
         };
         let stamps = match map.get("stamps") {
             None | Some(Value::Null) => Map::new(),
@@ -249,7 +259,9 @@ impl TaskHeaders {
     /// them in first.
     pub fn to_map(&self) -> Map<String, Value> {
         let s = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
-        let t = |v: &Option<DateTime<Utc>>| v.as_ref().map_or(Value::Null, |d| Value::String(super::encode::python_isoformat(d)));
+        let t = |v: &Option<DateTime<Utc>>| {
+            v.as_ref().map_or(Value::Null, |d| Value::String(super::encode::python_isoformat(d)))
+        };
         let mut m = Map::new();
         m.insert("lang".into(), Value::String(self.lang.clone().unwrap_or_else(|| "py".into())));
         m.insert("task".into(), Value::String(self.task.clone()));
@@ -343,9 +355,18 @@ mod tests {
 
     #[test]
     fn bad_types_name_the_header() {
-        for (name, v) in [("id", json!(1)), ("retries", json!(-1)), ("retries", json!(1.5)), ("eta", json!("never")),
-                          ("eta", json!(5)), ("group_index", json!("0")), ("stamps", json!([])), ("shadow", json!({})),
-                          ("stamped_headers", json!([1])), ("ignore_result", json!("yes"))] {
+        for (name, v) in [
+            ("id", json!(1)),
+            ("retries", json!(-1)),
+            ("retries", json!(1.5)),
+            ("eta", json!("never")),
+            ("eta", json!(5)),
+            ("group_index", json!("0")),
+            ("stamps", json!([])),
+            ("shadow", json!({})),
+            ("stamped_headers", json!([1])),
+            ("ignore_result", json!("yes")),
+        ] {
             let mut m = json!({"task": "t", "id": "i"});
             m[name] = v;
             match headers(m) {

@@ -1,8 +1,8 @@
 //! kombu's JSON dialect: Python `json.dumps` formatting and the `__type__` markers
 //! (PROTOCOL.md sections 3.1 and 3.2).
 
-use serde_json::{Map, Value};
 use serde_json::ser::Formatter;
+use serde_json::{Map, Value};
 use std::io;
 
 /// Serialize a value exactly as Python's `json.dumps` (kombu's defaults) would:
@@ -70,7 +70,6 @@ impl Formatter for PythonFormatter {
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------
 // Type markers (`{"__type__": T, "__value__": V}`), PROTOCOL.md section 3.2.
@@ -177,9 +176,7 @@ fn check_marker_value(kind: MarkerKind, value: &Value) -> Result<(), String> {
     let text = || value.as_str().ok_or_else(|| format!("__value__ must be a string, got {}", to_python_json(value)));
     match kind {
         // `datetime.fromisoformat`, also used (then `.date()`) for dates.
-        MarkerKind::Datetime | MarkerKind::Date => {
-            crate::protocol::decode::parse_iso_datetime(text()?).map(|_| ())
-        }
+        MarkerKind::Datetime | MarkerKind::Date => crate::protocol::decode::parse_iso_datetime(text()?).map(|_| ()),
         MarkerKind::Time => crate::protocol::decode::parse_iso_time(text()?).map(|_| ()),
         MarkerKind::Decimal => match value {
             Value::Number(_) => Ok(()),
@@ -199,7 +196,10 @@ fn is_decimal_literal(s: &str) -> bool {
     let body = s.strip_prefix(['+', '-']).unwrap_or(s);
     let lower = body.to_ascii_lowercase();
     if matches!(lower.as_str(), "inf" | "infinity" | "nan" | "snan")
-        || lower.strip_prefix("nan").or(lower.strip_prefix("snan")).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        || lower
+            .strip_prefix("nan")
+            .or(lower.strip_prefix("snan"))
+            .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
     {
         return true;
     }
@@ -207,10 +207,14 @@ fn is_decimal_literal(s: &str) -> bool {
         Some((m, e)) => (m, Some(e)),
         None => (lower.as_str(), None),
     };
-    let digits_ok = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'_') && !d.starts_with('_') && !d.ends_with('_');
+    let digits_ok = |d: &str| {
+        !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'_') && !d.starts_with('_') && !d.ends_with('_')
+    };
     let mantissa_ok = match mantissa.split_once('.') {
         Some((int, frac)) => {
-            (int.is_empty() || digits_ok(int)) && (frac.is_empty() || digits_ok(frac)) && !(int.is_empty() && frac.is_empty())
+            (int.is_empty() || digits_ok(int))
+                && (frac.is_empty() || digits_ok(frac))
+                && !(int.is_empty() && frac.is_empty())
         }
         None => digits_ok(mantissa),
     };
@@ -254,7 +258,7 @@ fn uuid_hyphenated(n: u128) -> String {
 /// dropped, padding is required.
 fn python_b64decode(text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
-    use base64::engine::{GeneralPurpose, GeneralPurposeConfig, DecodePaddingMode};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new()
@@ -334,9 +338,7 @@ pub fn unwrap_marker(v: &Value) -> Option<Value> {
             other => other.clone(),
         },
         MarkerKind::Uuid => Value::String(uuid_hyphenated(uuid_from_marker_value(value).ok()?)),
-        MarkerKind::Base64 => {
-            Value::Array(marker_bytes(v)?.into_iter().map(|b| Value::from(b)).collect())
-        }
+        MarkerKind::Base64 => Value::Array(marker_bytes(v)?.into_iter().map(Value::from).collect()),
     })
 }
 
@@ -490,7 +492,14 @@ fn marker_repr(v: &Value) -> Option<String> {
         MarkerKind::Datetime => {
             let p = crate::protocol::decode::parse_iso_datetime(value.as_str()?).ok()?;
             let d = p.date;
-            format!("datetime.datetime({}, {}, {}, {}{})", d.year(), d.month(), d.day(), time_fields(&p.time), tz(p.offset))
+            format!(
+                "datetime.datetime({}, {}, {}, {}{})",
+                d.year(),
+                d.month(),
+                d.day(),
+                time_fields(&p.time),
+                tz(p.offset)
+            )
         }
         MarkerKind::Date => {
             let d = crate::protocol::decode::parse_iso_datetime(value.as_str()?).ok()?.date;
@@ -605,7 +614,9 @@ fn format_str(s: &str, maxlen: Option<i64>) -> String {
 
 /// `_format_binary_bytes`: the bytes as text when UTF-8, else hex, cut at `maxlen`.
 fn format_bytes(b: &[u8], maxlen: Option<i64>) -> String {
-    let show = |b: &[u8]| std::str::from_utf8(b).map_or_else(|_| b.iter().map(|x| format!("{x:02x}")).collect(), str::to_string);
+    let show = |b: &[u8]| {
+        std::str::from_utf8(b).map_or_else(|_| b.iter().map(|x| format!("{x:02x}")).collect(), str::to_string)
+    };
     match maxlen {
         Some(m) if m > 0 && b.len() as i64 > m => format!("b'{}...'", show(&b[..m as usize])),
         _ => format!("b'{}'", show(b)),
@@ -666,7 +677,13 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
                     let text: &'static str = match open {
                         "[" => "[...]",
                         "{" => "{...}",
-                        _ => if close == ",)" { "(...,)" } else { "(...)" },
+                        _ => {
+                            if close == ",)" {
+                                "(...,)"
+                            } else {
+                                "(...)"
+                            }
+                        }
                     };
                     Item::Lit { text, truncate: false, direction: 0 }
                 } else {
@@ -762,16 +779,28 @@ mod tests {
         ("[2, 3]", false, 1024, "[2, 3]"),
         (r#"{"z": 1}"#, false, 1024, "{'z': 1}"),
         ("[1, [2, [3, [4, [5]]]]]", true, 1024, "(1, [2, [3, [...]]])"),
-        (r#"["it's", "a\nb", "\u00e9", null, true, 1.5, 1e+16, -0.0, 18446744073709551615]"#, true, 1024,
-         "('it\\'s', 'a\nb', 'é', None, True, 1.5, 1e+16, -0.0, 18446744073709551615)"),
+        (
+            r#"["it's", "a\nb", "\u00e9", null, true, 1.5, 1e+16, -0.0, 18446744073709551615]"#,
+            true,
+            1024,
+            "('it\\'s', 'a\nb', 'é', None, True, 1.5, 1e+16, -0.0, 18446744073709551615)",
+        ),
         (r#"[{"a": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "b": [1, 2, 3]}]"#, true, 20, "({'a': 'xxxxxxxxxxxxx...', ...},)"),
         (r#"{"k": {"x": {"y": {"z": 1}}}}"#, false, 1024, "{'k': {'x': {'y': {...}}}}"),
         (r#"["a b c d e f g h", 2]"#, true, 10, "('a b c d...', ...)"),
         (r#"[{"kkkkkkkkkk": "v"}, [1, [2, [3]]], "tail"]"#, true, 15, "({'kkkkkkkkkk': , ...})"),
-        (r#"[{"__type__": "bytes", "__value__": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]"#, true, 20, "(b'xxxxxxxxxxxxxxxxxxx...',)"),
-        (r#"[{"__type__": "base64", "__value__": "/wAB"}, {"__type__": "bytes", "__value__": "hi"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:00-05:00"}, {"__type__": "time", "__value__": "03:04:00"}, {"__type__": "decimal", "__value__": "1.50"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"}]"#,
-         true, 1024,
-         "(b'ff0001', b'hi', datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.timezone(datetime.timedelta(days=-1, seconds=68400))), datetime.time(3, 4), Decimal('1.50'), UUID('12345678-1234-5678-1234-567812345678'), datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc), datetime.datetime(2024, 1, 2, 3, 4, 5))"),
+        (
+            r#"[{"__type__": "bytes", "__value__": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]"#,
+            true,
+            20,
+            "(b'xxxxxxxxxxxxxxxxxxx...',)",
+        ),
+        (
+            r#"[{"__type__": "base64", "__value__": "/wAB"}, {"__type__": "bytes", "__value__": "hi"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:00-05:00"}, {"__type__": "time", "__value__": "03:04:00"}, {"__type__": "decimal", "__value__": "1.50"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"}]"#,
+            true,
+            1024,
+            "(b'ff0001', b'hi', datetime.datetime(2024, 1, 2, 3, 4, tzinfo=datetime.timezone(datetime.timedelta(days=-1, seconds=68400))), datetime.time(3, 4), Decimal('1.50'), UUID('12345678-1234-5678-1234-567812345678'), datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc), datetime.datetime(2024, 1, 2, 3, 4, 5))",
+        ),
     ];
 
     #[test]
@@ -805,7 +834,10 @@ mod tests {
     #[test]
     fn py_repr_escapes_like_python() {
         // repr('it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀')
-        assert_eq!(py_repr(&json!("it's \"q\" \\ \t \u{0} \u{7f} \u{a0} é \u{2028} 😀")), r#"'it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀'"#);
+        assert_eq!(
+            py_repr(&json!("it's \"q\" \\ \t \u{0} \u{7f} \u{a0} é \u{2028} 😀")),
+            r#"'it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀'"#
+        );
         assert_eq!(py_repr(&json!("it's")), r#""it's""#);
         assert_eq!(py_repr(&json!([null, true, false, 1.0, 1e16, -3])), "[None, True, False, 1.0, 1e+16, -3]");
         assert_eq!(py_repr(&json!({"a": {"b": []}})), "{'a': {'b': []}}");
