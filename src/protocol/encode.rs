@@ -24,8 +24,21 @@ pub enum EncodeError {
     Compression(String),
 }
 
-/// Properties the encoder writes itself; any other property is copied through.
-const OWN_PROPERTIES: [&str; 5] = ["correlation_id", "reply_to", "delivery_mode", "priority", "expiration"];
+/// Properties the encoder writes itself, and transport bookkeeping a decoded message may
+/// still carry (a republished copy gets fresh ones from its broker); any other property
+/// is copied through.
+const OWN_PROPERTIES: [&str; 10] = [
+    "correlation_id",
+    "reply_to",
+    "delivery_mode",
+    "priority",
+    "expiration",
+    "content_type",
+    "content_encoding",
+    "body_encoding",
+    "delivery_tag",
+    "delivery_info",
+];
 
 /// Encode a task message as protocol v2.
 ///
