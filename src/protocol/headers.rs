@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::decode::{DecodeError, parse_iso8601};
+
 /// Celery's task headers. Known headers are typed; anything else (custom `headers=`
 /// from `apply_async`, `compression`, `redelivered`, broker additions) is kept in
 /// [`TaskHeaders::extra`] in arrival order and written back on encode.
@@ -77,5 +79,309 @@ impl TaskHeaders {
             stamps: Map::new(),
             extra: Map::new(),
         }
+    }
+}
+
+/// The header names [`TaskHeaders`] types, in the order Celery's `as_task_v2` writes them.
+pub const KNOWN_HEADERS: [&str; 19] = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
+/// A string header that may be absent or null.
+fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, DecodeError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(DecodeError::header(name, format!("expected a string or null, got {other}"))),
+    }
+}
+
+fn required_string(map: &Map<String, Value>, name: &'static str) -> Result<String, DecodeError> {
+    match map.get(name) {
+        None => Err(DecodeError::MissingHeader(name)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(DecodeError::header(name, format!("expected a string, got {other}"))),
+    }
+}
+
+/// `eta` / `expires`: `maybe_iso8601` treats a missing, null or empty value as unset.
+fn opt_time(map: &Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>>, DecodeError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => parse_iso8601(s).map(Some).map_err(|e| DecodeError::header(name, e)),
+        Some(other) => Err(DecodeError::header(name, format!("expected an ISO-8601 string, got {other}"))),
+    }
+}
+
+/// An integer header; missing or null gives `default`.
+fn int_or(map: &Map<String, Value>, name: &str, default: i64) -> Result<i64, DecodeError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => {
+            n.as_i64().ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}")))
+        }
+        Some(other) => Err(DecodeError::header(name, format!("expected an integer, got {other}"))),
+    }
+}
+
+/// One `timelimit` entry: seconds (int or float) or null. Negative or non-finite limits
+/// are refused here so later `Duration` conversions cannot fail.
+fn limit(v: Option<&Value>) -> Result<Option<f64>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+            _ => {
+                Err(DecodeError::header("timelimit", format!("time limit {n} is not a non-negative number of seconds")))
+            }
+        },
+        Some(other) => Err(DecodeError::header("timelimit", format!("expected seconds or null, got {other}"))),
+    }
+}
+
+/// A number of seconds as Python would have sent it: integral values as ints.
+fn seconds_value(secs: Option<f64>) -> Value {
+    match secs {
+        None => Value::Null,
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+        Some(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+    }
+}
+
+impl TaskHeaders {
+    /// Read Celery's v2 headers (also used for v1 bodies and hybrid messages, whose
+    /// fields are the same). `task` and `id` are required; everything else follows the
+    /// worker's `.get()` defaults. Unknown headers go to [`TaskHeaders::extra`] in order.
+    pub fn from_map(map: &Map<String, Value>) -> Result<Self, DecodeError> {
+        let task = required_string(map, "task")?;
+        let id = required_string(map, "id")?;
+        let retries = int_or(map, "retries", 0)?;
+        let retries = u32::try_from(retries)
+            .map_err(|_| DecodeError::header("retries", format!("{retries} is not a retry count")))?;
+        // `if timelimit: self.time_limits = timelimit`: missing, null or [] = no limits;
+        // a one-item list gives only the hard limit.
+        let timelimit = match map.get("timelimit") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::Array(items)) if items.len() <= 2 => (limit(items.first())?, limit(items.get(1))?),
+            Some(other) => {
+                return Err(DecodeError::header("timelimit", format!("expected [hard, soft], got {other}")));
+            }
+        };
+        let group_index = match map.get("group_index") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(
+                n.as_i64()
+                    .ok_or_else(|| DecodeError::header("group_index", format!("expected an integer, got {n}")))?,
+            ),
+            Some(other) => {
+                return Err(DecodeError::header("group_index", format!("expected an integer or null, got {other}")));
+            }
+        };
+        let ignore_result = match map.get("ignore_result") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            // Python reads the header for its truth value.
+            Some(Value::Number(n)) => Some(n.as_f64() != Some(0.0)),
+            Some(other) => {
+                return Err(DecodeError::header("ignore_result", format!("expected a boolean or null, got {other}")));
+            }
+        };
+        let stamped_headers = match map.get("stamped_headers") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| DecodeError::header("stamped_headers", "expected a list of strings"))?,
+            ),
+            Some(other) => {
+                return Err(DecodeError::header("stamped_headers", format!("expected a list or null, got {other}")));
+            }
+        };
+        let stamps = match map.get("stamps") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => return Err(DecodeError::header("stamps", format!("expected a mapping, got {other}"))),
+        };
+        let extra = map
+            .iter()
+            .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(TaskHeaders {
+            lang: opt_string(map, "lang")?,
+            task,
+            id,
+            shadow: opt_string(map, "shadow")?,
+            eta: opt_time(map, "eta")?,
+            expires: opt_time(map, "expires")?,
+            group: opt_string(map, "group")?,
+            group_index,
+            retries,
+            timelimit,
+            root_id: opt_string(map, "root_id")?,
+            parent_id: opt_string(map, "parent_id")?,
+            argsrepr: opt_string(map, "argsrepr")?,
+            kwargsrepr: opt_string(map, "kwargsrepr")?,
+            origin: opt_string(map, "origin")?,
+            ignore_result,
+            replaced_task_nesting: int_or(map, "replaced_task_nesting", 0)?,
+            stamped_headers,
+            stamps,
+            extra,
+        })
+    }
+
+    /// The header map in Celery's order, as `as_task_v2` builds it: `lang` defaults to
+    /// `"py"` and `root_id` to the task id (Celery's own defaults), other unset values are
+    /// written as `null`, times in Python's `isoformat()`, then every extra header.
+    /// `argsrepr`/`kwargsrepr` are written as they are; [`crate::protocol::encode`] fills
+    /// them in first.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let s = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
+        let t = |v: &Option<DateTime<Utc>>| {
+            v.as_ref().map_or(Value::Null, |d| Value::String(super::encode::python_isoformat(d)))
+        };
+        let mut m = Map::new();
+        m.insert("lang".into(), Value::String(self.lang.clone().unwrap_or_else(|| "py".into())));
+        m.insert("task".into(), Value::String(self.task.clone()));
+        m.insert("id".into(), Value::String(self.id.clone()));
+        m.insert("shadow".into(), s(&self.shadow));
+        m.insert("eta".into(), t(&self.eta));
+        m.insert("expires".into(), t(&self.expires));
+        m.insert("group".into(), s(&self.group));
+        m.insert("group_index".into(), self.group_index.map_or(Value::Null, Value::from));
+        m.insert("retries".into(), Value::from(self.retries));
+        m.insert(
+            "timelimit".into(),
+            Value::Array(vec![seconds_value(self.timelimit.0), seconds_value(self.timelimit.1)]),
+        );
+        let root_id = match &self.root_id {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => self.id.clone(),
+        };
+        m.insert("root_id".into(), Value::String(root_id));
+        m.insert("parent_id".into(), s(&self.parent_id));
+        m.insert("argsrepr".into(), s(&self.argsrepr));
+        m.insert("kwargsrepr".into(), s(&self.kwargsrepr));
+        m.insert("origin".into(), s(&self.origin));
+        m.insert("ignore_result".into(), self.ignore_result.map_or(Value::Null, Value::Bool));
+        m.insert("replaced_task_nesting".into(), Value::from(self.replaced_task_nesting));
+        m.insert(
+            "stamped_headers".into(),
+            self.stamped_headers
+                .as_ref()
+                .map_or(Value::Null, |names| Value::Array(names.iter().cloned().map(Value::String).collect())),
+        );
+        m.insert("stamps".into(), Value::Object(self.stamps.clone()));
+        for (k, v) in &self.extra {
+            if !KNOWN_HEADERS.contains(&k.as_str()) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        m
+    }
+
+    /// The hard time limit (`timelimit[0]`) as a duration.
+    pub fn hard_time_limit(&self) -> Option<std::time::Duration> {
+        self.timelimit.0.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+    }
+
+    /// The soft time limit (`timelimit[1]`) as a duration.
+    pub fn soft_time_limit(&self) -> Option<std::time::Duration> {
+        self.timelimit.1.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(v: Value) -> Result<TaskHeaders, DecodeError> {
+        TaskHeaders::from_map(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn minimal_headers_take_celery_defaults() {
+        let h = headers(json!({"task": "t", "id": "i"})).unwrap();
+        assert_eq!((h.retries, h.timelimit, h.ignore_result, h.root_id), (0, (None, None), None, None));
+        assert!(h.stamps.is_empty() && h.extra.is_empty());
+    }
+
+    #[test]
+    fn timelimit_accepts_ints_floats_nulls_and_short_lists() {
+        let tl = |v: Value| headers(json!({"task": "t", "id": "i", "timelimit": v})).map(|h| h.timelimit);
+        assert_eq!(tl(json!([30, 20])).unwrap(), (Some(30.0), Some(20.0)));
+        assert_eq!(tl(json!([1.5, null])).unwrap(), (Some(1.5), None));
+        assert_eq!(tl(json!([null, 2.25])).unwrap(), (None, Some(2.25)));
+        assert_eq!(tl(json!([10])).unwrap(), (Some(10.0), None));
+        assert_eq!(tl(json!([])).unwrap(), (None, None));
+        assert_eq!(tl(json!(null)).unwrap(), (None, None));
+        assert!(tl(json!([1, 2, 3])).is_err());
+        assert!(tl(json!(["1", 2])).is_err());
+        assert!(tl(json!([-1, 2])).is_err());
+        assert!(tl(json!(5)).is_err());
+    }
+
+    #[test]
+    fn extra_headers_keep_arrival_order_and_round_trip() {
+        let h = headers(json!({"z-last": 1, "task": "t", "a-first": 2, "id": "i"})).unwrap();
+        assert_eq!(h.extra.keys().collect::<Vec<_>>(), ["z-last", "a-first"]);
+        let m = h.to_map();
+        assert_eq!(m.keys().skip(19).collect::<Vec<_>>(), ["z-last", "a-first"]);
+        assert_eq!(m.keys().take(19).collect::<Vec<_>>(), KNOWN_HEADERS);
+    }
+
+    #[test]
+    fn bad_types_name_the_header() {
+        for (name, v) in [
+            ("id", json!(1)),
+            ("retries", json!(-1)),
+            ("retries", json!(1.5)),
+            ("eta", json!("never")),
+            ("eta", json!(5)),
+            ("group_index", json!("0")),
+            ("stamps", json!([])),
+            ("shadow", json!({})),
+            ("stamped_headers", json!([1])),
+            ("ignore_result", json!("yes")),
+        ] {
+            let mut m = json!({"task": "t", "id": "i"});
+            m[name] = v;
+            match headers(m) {
+                Err(DecodeError::InvalidHeader { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(headers(json!({"task": "t"})), Err(DecodeError::MissingHeader("id"))));
+    }
+
+    #[test]
+    fn to_map_writes_integral_limits_as_ints() {
+        let mut h = TaskHeaders::new("t", "i");
+        h.timelimit = (Some(30.0), Some(2.5));
+        assert_eq!(h.to_map()["timelimit"], json!([30, 2.5]));
+        assert_eq!(h.hard_time_limit(), Some(std::time::Duration::from_secs(30)));
     }
 }

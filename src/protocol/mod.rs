@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 pub use content_type::Serializer;
 pub use decode::{DecodeError, decode};
-pub use encode::encode;
+pub use encode::{EncodeError, encode};
 pub use exception::ExceptionInfo;
 pub use headers::TaskHeaders;
 pub use result_meta::{ResultMeta, TaskState};
@@ -104,4 +104,22 @@ pub struct TaskMessage {
     pub serializer: Serializer,
     /// Where the message came from (empty for a message built to be sent).
     pub delivery_info: DeliveryInfo,
+}
+
+impl TaskMessage {
+    /// A protocol v2 message for `task_name` with the given id and arguments, every
+    /// other field defaulted the way Celery's `apply_async` defaults it (see
+    /// [`TaskHeaders::new`]): JSON, no canvas, no properties, no delivery info yet.
+    pub fn new(task_name: impl Into<String>, id: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        TaskMessage {
+            protocol: ProtocolVersion::V2,
+            headers: TaskHeaders::new(task_name, id),
+            args,
+            kwargs,
+            embed: Embed::default(),
+            properties: Map::new(),
+            serializer: Serializer::Json,
+            delivery_info: DeliveryInfo::default(),
+        }
+    }
 }
