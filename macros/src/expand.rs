@@ -29,15 +29,23 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
                 let ty_text = type_text(ty);
                 param_table.push(quote!(#rt::Param { name: #name, ty: #ty_text, optional: #optional }));
                 let var = format_ident!("__celeriac_arg{}", index);
-                let method = if *optional { quote!(take_optional) } else { quote!(take) };
+                // The method name carries the type's span too: rustc reports an unmet bound
+                // of a method call at the method name.
+                let method = syn::Ident::new(if *optional { "take_optional" } else { "take" }, type_span(ty));
                 // Spanned at the type: a type serde cannot deserialize is reported there.
-                takes.push(quote_spanned!(ty.span()=> __binder.#method::<#ty>(#index)?));
+                let mut index_lit = proc_macro2::Literal::usize_unsuffixed(index);
+                index_lit.set_span(type_span(ty));
+                takes.push(quote_spanned!(type_span(ty)=> __binder.#method::<#ty>(#index_lit)?));
                 bound.push(var.clone());
                 call_args.push(var.into_token_stream());
             }
             Param::Request { ty } => {
-                // Spanned at the type: a `&Request` that is not celeriac's is reported there.
-                call_args.push(quote_spanned!(ty.span()=> &*#request));
+                // Spanned at the type, the local's name included (an expression's span
+                // is taken from its tokens): a `&Request` that is not celeriac's is
+                // reported there.
+                let span = type_span(ty);
+                let local = syn::Ident::new("__celeriac_request", span);
+                call_args.push(quote_spanned!(span=> &*#local));
             }
         }
     }
@@ -50,12 +58,23 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
     let await_ = if task.is_async { quote!(.await) } else { quote!() };
     let output = match &task.output {
         Output::Unit => quote!(#rt::to_result_value(&__ret)),
-        Output::Value(ty) => quote_spanned!(ty.span()=> #rt::to_result_value::<#ty>(&__ret)),
+        Output::Value(ty) => quote_spanned!(type_span(ty)=> ::celeriac::__private::to_result_value::<#ty>(&__ret)),
         Output::Result { ty, ok, err } => {
-            let ok_check = ok.iter().map(|t| quote_spanned!(t.span()=> #rt::assert_return::<#t>();));
-            let err_check = err.iter().map(|t| quote_spanned!(t.span()=> #rt::assert_error::<#t>();));
-            let convert = quote_spanned!(ty.span()=> #rt::from_task_result(__ret));
-            quote!({ #(#ok_check)* #(#err_check)* #convert })
+            // (The runtime path is written out inside `quote_spanned!` so that every token
+            // of the call carries the span.)
+            // Each half is converted on its own, spanned at `T` and at `E` (or at the whole
+            // type for aliases that do not write them), so each unmet bound is reported
+            // once, where it is written.
+            let ok_span = ok.as_ref().map_or_else(|| type_span(ty), |t| type_span(t));
+            let err_span = err.as_ref().map_or_else(|| type_span(ty), |t| type_span(t));
+            let to_value = quote_spanned!(ok_span=> ::celeriac::__private::to_result_value(&__value));
+            let to_error = quote_spanned!(err_span=> ::celeriac::__private::IntoTaskError::into_task_error(__error));
+            quote! {
+                match __ret {
+                    ::core::result::Result::Ok(__value) => #to_value,
+                    ::core::result::Result::Err(__error) => ::core::result::Result::Err(#to_error),
+                }
+            }
         }
     };
     let body = quote!({
@@ -131,6 +150,22 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
 pub fn fallback(item: TokenStream, error: syn::Error) -> TokenStream {
     let errors = error.to_compile_error();
     quote!(#item #errors)
+}
+
+/// Where to report a problem with a type: the last path segment (`ParseIntError` in
+/// `std::num::ParseIntError`), since a span covering several tokens is not available to
+/// proc macros on stable and would shrink to the first token.
+///
+/// Only the location is borrowed: name resolution stays the macro's call site, so the
+/// generated locals spanned this way still resolve when `#[task]` is used inside a
+/// `macro_rules!` macro (whose tokens carry their own hygiene).
+fn type_span(ty: &syn::Type) -> Span {
+    let location = match ty {
+        syn::Type::Path(p) => p.path.segments.last().map_or_else(|| ty.span(), |s| s.ident.span()),
+        syn::Type::Reference(r) => return type_span(&r.elem),
+        other => other.span(),
+    };
+    Span::call_site().located_at(location)
 }
 
 /// The type as written, tidied for messages: `Vec<String>`, not `Vec < String >`.
