@@ -223,10 +223,20 @@ static FIRST: TaskEntry = TaskEntry {
     runner: Runner::Blocking(dummy),
     options: TaskOptions::DEFAULT,
 };
-static SECOND: TaskEntry =
-    TaskEntry { name: None, module_path: "dup", fn_name: "task", runner: Runner::Blocking(dummy), options: TaskOptions::DEFAULT };
-static OTHER: TaskEntry =
-    TaskEntry { name: None, module_path: "x::y", fn_name: "z", runner: Runner::Blocking(dummy), options: TaskOptions::DEFAULT };
+static SECOND: TaskEntry = TaskEntry {
+    name: None,
+    module_path: "dup",
+    fn_name: "task",
+    runner: Runner::Blocking(dummy),
+    options: TaskOptions::DEFAULT,
+};
+static OTHER: TaskEntry = TaskEntry {
+    name: None,
+    module_path: "x::y",
+    fn_name: "z",
+    runner: Runner::Blocking(dummy),
+    options: TaskOptions::DEFAULT,
+};
 
 #[test]
 fn two_tasks_with_one_name_are_a_startup_error() {
@@ -319,11 +329,17 @@ async fn wrong_arguments_are_type_errors_with_python_messages() {
 #[tokio::test]
 async fn errors_keep_their_python_class() {
     let err = run("t.fail", json!(["boom"]), json!({})).await.unwrap_err();
-    assert_eq!(err.to_exception_value(), json!({"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}));
+    assert_eq!(
+        err.to_exception_value(),
+        json!({"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"})
+    );
     assert!(!err.is_retry());
 
     let err = run("t.lookup", json!(["two"]), json!({})).await.unwrap_err();
-    assert_eq!(err.to_exception_value(), json!({"exc_type": "KeyError", "exc_message": ["no such key: two"], "exc_module": "builtins"}));
+    assert_eq!(
+        err.to_exception_value(),
+        json!({"exc_type": "KeyError", "exc_message": ["no such key: two"], "exc_module": "builtins"})
+    );
     assert_eq!(run("t.lookup", json!(["one"]), json!({})).await.unwrap(), json!(1));
 
     // `?` on a std error: RuntimeError with the error's text, the Rust type in the traceback.
@@ -354,9 +370,15 @@ async fn unit_results_are_null() {
 #[tokio::test]
 async fn panics_become_failures() {
     let err = run("t.panic_async", json!([]), json!({})).await.unwrap_err();
-    assert_eq!(err.to_exception_value(), json!({"exc_type": "RustPanic", "exc_message": ["async boom 42"], "exc_module": "celeriac"}));
+    assert_eq!(
+        err.to_exception_value(),
+        json!({"exc_type": "RustPanic", "exc_message": ["async boom 42"], "exc_module": "celeriac"})
+    );
     let err = run("t.panic_blocking", json!([]), json!({})).await.unwrap_err();
-    assert_eq!(err.to_exception_value(), json!({"exc_type": "RustPanic", "exc_message": ["blocking boom"], "exc_module": "celeriac"}));
+    assert_eq!(
+        err.to_exception_value(),
+        json!({"exc_type": "RustPanic", "exc_message": ["blocking boom"], "exc_module": "celeriac"})
+    );
     // The runtime is still fine afterwards.
     assert_eq!(run("t.add", json!([1, 1]), json!({})).await.unwrap(), json!(2));
 }

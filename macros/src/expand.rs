@@ -60,13 +60,12 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
         Output::Unit => quote!(#rt::to_result_value(&__ret)),
         Output::Value(ty) => quote_spanned!(type_span(ty)=> ::celeriac::__private::to_result_value::<#ty>(&__ret)),
         Output::Result { ty, ok, err } => {
-            // (The runtime path is written out inside `quote_spanned!` so that every token
-            // of the call carries the span.)
             // Each half is converted on its own, spanned at `T` and at `E` (or at the whole
             // type for aliases that do not write them), so each unmet bound is reported
-            // once, where it is written.
-            let ok_span = ok.as_ref().map_or_else(|| type_span(ty), |t| type_span(t));
-            let err_span = err.as_ref().map_or_else(|| type_span(ty), |t| type_span(t));
+            // once, where it is written. The runtime path is written out inside
+            // `quote_spanned!` so that every token of the call carries the span.
+            let ok_span = type_span(ok.as_deref().unwrap_or(ty));
+            let err_span = type_span(err.as_deref().unwrap_or(ty));
             let to_value = quote_spanned!(ok_span=> ::celeriac::__private::to_result_value(&__value));
             let to_error = quote_spanned!(err_span=> ::celeriac::__private::IntoTaskError::into_task_error(__error));
             quote! {
@@ -117,7 +116,10 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
     quote! {
         #func
 
+        // The options use struct update syntax on purpose (new options must not break
+        // existing expansions), which clippy would flag in the user's crate.
         #[doc(hidden)]
+        #[allow(clippy::needless_update)]
         const _: () = {
             static __CELERIAC_PARAMS: [#rt::Param; #param_count] = [#(#param_table),*];
 
@@ -171,7 +173,21 @@ fn type_span(ty: &syn::Type) -> Span {
 /// The type as written, tidied for messages: `Vec<String>`, not `Vec < String >`.
 fn type_text(ty: &syn::Type) -> String {
     let mut text = ty.to_token_stream().to_string();
-    for (from, to) in [(" :: ", "::"), (":: ", "::"), (" < ", "<"), ("< ", "<"), (" <", "<"), (" >", ">"), (" ,", ","), ("& ", "&"), ("[ ", "["), (" ]", "]"), ("( ", "("), (" )", ")"), (" ;", ";")] {
+    for (from, to) in [
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        ("& ", "&"),
+        ("[ ", "["),
+        (" ]", "]"),
+        ("( ", "("),
+        (" )", ")"),
+        (" ;", ";"),
+    ] {
         text = text.replace(from, to);
     }
     text

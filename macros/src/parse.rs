@@ -46,7 +46,6 @@ pub fn task_args(attr: TokenStream) -> syn::Result<TaskArgs> {
 
 /// Parses the item: `#[task]` only goes on functions.
 pub fn task_fn(item: TokenStream) -> syn::Result<ItemFn> {
-    syn::parse2(item).map_err(|e| {
-        syn::Error::new(e.span(), "#[task] can only be put on a function (`fn` or `async fn`)")
-    })
+    syn::parse2(item)
+        .map_err(|e| syn::Error::new(e.span(), "#[task] can only be put on a function (`fn` or `async fn`)"))
 }

@@ -49,9 +49,9 @@ pub enum Output {
         /// The whole type.
         ty: Box<Type>,
         /// `T`, when written out.
-        ok: Option<Type>,
+        ok: Option<Box<Type>>,
         /// `E`, when written out (aliases such as `io::Result<T>` leave it out).
-        err: Option<Type>,
+        err: Option<Box<Type>>,
     },
     /// Any other type, serialized as it is.
     Value(Box<Type>),
@@ -72,7 +72,10 @@ pub fn task_fn(func: &ItemFn, args: TaskArgs) -> syn::Result<TaskFn> {
         errors.push(syn::Error::new_spanned(clause, "a #[task] function cannot have a `where` clause"));
     }
     if let Some(unsafety) = &sig.unsafety {
-        errors.push(syn::Error::new_spanned(unsafety, "a #[task] function cannot be `unsafe`: the worker calls it with arguments from the network"));
+        errors.push(syn::Error::new_spanned(
+            unsafety,
+            "a #[task] function cannot be `unsafe`: the worker calls it with arguments from the network",
+        ));
     }
     if let Some(abi) = &sig.abi {
         errors.push(syn::Error::new_spanned(abi, "a #[task] function cannot have an explicit ABI"));
@@ -147,7 +150,7 @@ fn output(ty: &Type) -> syn::Result<Output> {
         return Err(syn::Error::new_spanned(ty, "a #[task] function must return a concrete type, not `impl Trait`"));
     }
     if let Some(args) = last_segment_args(ty, "Result") {
-        let mut types = args.into_iter();
+        let mut types = args.into_iter().map(Box::new);
         return Ok(Output::Result { ty: Box::new(ty.clone()), ok: types.next(), err: types.next() });
     }
     Ok(Output::Value(Box::new(ty.clone())))

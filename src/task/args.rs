@@ -81,14 +81,10 @@ impl ArgBinder {
 
         for (key, value) in kwargs {
             let Some(index) = params.iter().position(|p| p.name == key) else {
-                return Err(TaskError::type_error(format!(
-                    "{fn_name}() got an unexpected keyword argument '{key}'"
-                )));
+                return Err(TaskError::type_error(format!("{fn_name}() got an unexpected keyword argument '{key}'")));
             };
             if index < given {
-                return Err(TaskError::type_error(format!(
-                    "{fn_name}() got multiple values for argument '{key}'"
-                )));
+                return Err(TaskError::type_error(format!("{fn_name}() got multiple values for argument '{key}'")));
             }
             values[index] = Some(value);
         }
@@ -101,9 +97,7 @@ impl ArgBinder {
                 format!("from {required} to {} positional arguments", params.len())
             };
             let were = if given == 1 { "was" } else { "were" };
-            return Err(TaskError::type_error(format!(
-                "{fn_name}() takes {takes} but {given} {were} given"
-            )));
+            return Err(TaskError::type_error(format!("{fn_name}() takes {takes} but {given} {were} given")));
         }
 
         let missing: Vec<String> = params

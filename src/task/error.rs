@@ -42,13 +42,29 @@ pub const PANIC_EXC_MODULE: &str = "celeriac";
 ///     r#"{"exc_type":"ValueError","exc_message":["x must be positive"],"exc_module":"builtins"}"#
 /// );
 /// ```
+#[derive(Clone, PartialEq)]
+pub struct TaskError(Box<Inner>);
+
+/// Boxed so that `Result<_, TaskError>` stays small on the success path.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TaskError {
+struct Inner {
     exc_type: String,
     exc_module: String,
     exc_message: Vec<Value>,
     traceback: Option<String>,
     kind: TaskErrorKind,
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("exc_type", &self.0.exc_type)
+            .field("exc_module", &self.0.exc_module)
+            .field("exc_message", &self.0.exc_message)
+            .field("traceback", &self.0.traceback)
+            .field("kind", &self.0.kind)
+            .finish()
+    }
 }
 
 /// What the worker should do with a [`TaskError`].
@@ -72,7 +88,7 @@ pub struct RetryRequest {
     pub max_retries: Option<u32>,
     /// The failure that caused the retry: stored with the RETRY state, and stored as the
     /// FAILURE when no retries are left.
-    pub cause: Option<Box<TaskError>>,
+    pub cause: Option<TaskError>,
 }
 
 /// Lets an error type choose the Python exception class it is stored as.
@@ -139,13 +155,13 @@ impl IntoTaskError for Box<dyn std::error::Error + Send + Sync + 'static> {
 impl TaskError {
     /// A failure of Python class `exc_type` (in `builtins`) with one message argument.
     pub fn new(exc_type: impl Into<String>, message: impl Into<String>) -> Self {
-        TaskError {
+        TaskError(Box::new(Inner {
             exc_type: exc_type.into(),
             exc_module: "builtins".to_owned(),
             exc_message: vec![Value::String(message.into())],
             traceback: None,
             kind: TaskErrorKind::Failure,
-        }
+        }))
     }
 
     /// `ValueError(message)`.
@@ -160,13 +176,13 @@ impl TaskError {
 
     /// The error an [`ExcType`] describes, with its class, module and arguments.
     pub fn from_exception<E: ExcType + ?Sized>(err: &E) -> Self {
-        TaskError {
+        TaskError(Box::new(Inner {
             exc_type: err.exc_type().to_owned(),
             exc_module: err.exc_module().to_owned(),
             exc_message: err.exc_message(),
             traceback: None,
             kind: TaskErrorKind::Failure,
-        }
+        }))
     }
 
     /// A caught panic, with the panic's message.
@@ -182,30 +198,30 @@ impl TaskError {
     /// Its own exception shape is Celery's `celery.exceptions.Retry`, used only when the
     /// request has no cause.
     pub fn retry() -> Self {
-        TaskError {
+        TaskError(Box::new(Inner {
             exc_type: "Retry".to_owned(),
             exc_module: "celery.exceptions".to_owned(),
             exc_message: vec![Value::String("Retry requested".to_owned())],
             traceback: None,
             kind: TaskErrorKind::Retry(RetryRequest::default()),
-        }
+        }))
     }
 
     /// Sets the Python module of the class (default `builtins`).
     pub fn with_module(mut self, exc_module: impl Into<String>) -> Self {
-        self.exc_module = exc_module.into();
+        self.0.exc_module = exc_module.into();
         self
     }
 
     /// Replaces the exception's arguments (Celery's `exc_message` list).
     pub fn with_args(mut self, args: Vec<Value>) -> Self {
-        self.exc_message = args;
+        self.0.exc_message = args;
         self
     }
 
     /// Attaches a traceback text, stored in the result's `traceback` field.
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
-        self.traceback = Some(traceback.into());
+        self.0.traceback = Some(traceback.into());
         self
     }
 
@@ -228,31 +244,24 @@ impl TaskError {
 
     /// Sets the failure that caused this retry. On a failure this turns it into a retry
     /// request whose cause is `cause` (the original failure is dropped).
-    pub fn caused_by(self, cause: TaskError) -> Self {
-        // A retry of a retry is not a cause Celery can store: keep only its failure shape.
-        let cause = match cause.kind {
-            TaskErrorKind::Failure => cause,
-            TaskErrorKind::Retry(r) => match r.cause {
-                Some(inner) => *inner,
-                None => TaskError { kind: TaskErrorKind::Failure, ..cause },
-            },
-        };
-        let mut retry = match self.kind {
-            TaskErrorKind::Retry(_) => self,
-            TaskErrorKind::Failure => TaskError::retry(),
-        };
-        if let TaskErrorKind::Retry(r) = &mut retry.kind {
-            r.cause = Some(Box::new(cause));
+    pub fn caused_by(self, mut cause: TaskError) -> Self {
+        // A retry is not a cause Celery can store: use its own cause, or its failure shape.
+        if let TaskErrorKind::Retry(r) = &mut cause.0.kind {
+            match r.cause.take() {
+                Some(inner) => cause = inner,
+                None => cause.0.kind = TaskErrorKind::Failure,
+            }
+        }
+        let mut retry = if self.is_retry() { self } else { TaskError::retry() };
+        if let TaskErrorKind::Retry(r) = &mut retry.0.kind {
+            r.cause = Some(cause);
         }
         retry
     }
 
     fn map_retry(self, set: impl FnOnce(&mut RetryRequest)) -> Self {
-        let mut retry = match self.kind {
-            TaskErrorKind::Retry(_) => self,
-            TaskErrorKind::Failure => TaskError::retry().caused_by(self),
-        };
-        if let TaskErrorKind::Retry(r) = &mut retry.kind {
+        let mut retry = if self.is_retry() { self } else { TaskError::retry().caused_by(self) };
+        if let TaskErrorKind::Retry(r) = &mut retry.0.kind {
             set(r);
         }
         retry
@@ -275,37 +284,37 @@ impl TaskError {
 
     /// The Python class name, e.g. `ValueError`.
     pub fn exc_type(&self) -> &str {
-        &self.exc_type
+        &self.0.exc_type
     }
 
     /// The Python module of the class, e.g. `builtins`.
     pub fn exc_module(&self) -> &str {
-        &self.exc_module
+        &self.0.exc_module
     }
 
     /// The exception's arguments (Celery's `exc_message`, Python's `args`).
     pub fn exc_message(&self) -> &[Value] {
-        &self.exc_message
+        &self.0.exc_message
     }
 
     /// The traceback text, if any.
     pub fn traceback(&self) -> Option<&str> {
-        self.traceback.as_deref()
+        self.0.traceback.as_deref()
     }
 
     /// Whether this is a failure or a retry request.
     pub fn kind(&self) -> &TaskErrorKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// Whether this asks for a retry.
     pub fn is_retry(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Retry(_))
+        matches!(self.0.kind, TaskErrorKind::Retry(_))
     }
 
     /// The retry options, when this is a retry request.
     pub fn retry_request(&self) -> Option<&RetryRequest> {
-        match &self.kind {
+        match &self.0.kind {
             TaskErrorKind::Retry(r) => Some(r),
             TaskErrorKind::Failure => None,
         }
@@ -315,18 +324,18 @@ impl TaskError {
     /// as the result backend stores it.
     pub fn to_exception_value(&self) -> Value {
         let mut map = Map::new();
-        map.insert("exc_type".into(), Value::String(self.exc_type.clone()));
-        map.insert("exc_message".into(), Value::Array(self.exc_message.clone()));
-        map.insert("exc_module".into(), Value::String(self.exc_module.clone()));
+        map.insert("exc_type".into(), Value::String(self.0.exc_type.clone()));
+        map.insert("exc_message".into(), Value::Array(self.0.exc_message.clone()));
+        map.insert("exc_module".into(), Value::String(self.0.exc_module.clone()));
         Value::Object(map)
     }
 
     /// The same shape as the protocol layer's [`ExceptionInfo`](crate::protocol::ExceptionInfo).
     pub fn to_exception_info(&self) -> crate::protocol::ExceptionInfo {
         crate::protocol::ExceptionInfo {
-            exc_type: self.exc_type.clone(),
-            exc_message: Value::Array(self.exc_message.clone()),
-            exc_module: self.exc_module.clone(),
+            exc_type: self.0.exc_type.clone(),
+            exc_message: Value::Array(self.0.exc_message.clone()),
+            exc_module: self.0.exc_module.clone(),
         }
     }
 }
@@ -334,12 +343,12 @@ impl TaskError {
 impl fmt::Display for TaskError {
     /// `ValueError: message`, like the last line of a Python traceback.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.exc_module != "builtins" {
-            write!(f, "{}.", self.exc_module)?;
+        if self.0.exc_module != "builtins" {
+            write!(f, "{}.", self.0.exc_module)?;
         }
-        write!(f, "{}", self.exc_type)?;
+        write!(f, "{}", self.0.exc_type)?;
         let mut sep = ": ";
-        for arg in &self.exc_message {
+        for arg in &self.0.exc_message {
             match arg {
                 Value::String(s) => write!(f, "{sep}{s}")?,
                 other => write!(f, "{sep}{other}")?,
@@ -421,7 +430,7 @@ mod tests {
         assert_eq!(r.countdown, Some(Duration::from_millis(100)));
         assert_eq!(r.eta, Some(at));
         assert_eq!(r.max_retries, Some(5));
-        assert_eq!(r.cause.as_deref(), Some(&TaskError::value_error("flaky")));
+        assert_eq!(r.cause.as_ref(), Some(&TaskError::value_error("flaky")));
         assert_eq!(err.exc_type(), "Retry");
         assert_eq!(err.exc_module(), "celery.exceptions");
     }
@@ -434,16 +443,19 @@ mod tests {
         assert_eq!(r.cause.as_ref().unwrap().exc_type(), "TypeError");
         // A retry used as a cause contributes only its own cause.
         let nested = TaskError::retry().caused_by(err);
-        let cause = nested.retry_request().unwrap().cause.as_deref().unwrap();
+        let cause = nested.retry_request().unwrap().cause.as_ref().unwrap();
         assert_eq!(cause, &TaskError::type_error("later"));
     }
 
     #[test]
     fn panic_shape() {
         let err = TaskError::panic("boom");
-        assert_eq!(err.to_exception_value(), serde_json::json!({
-            "exc_type": "RustPanic", "exc_message": ["boom"], "exc_module": "celeriac"
-        }));
+        assert_eq!(
+            err.to_exception_value(),
+            serde_json::json!({
+                "exc_type": "RustPanic", "exc_message": ["boom"], "exc_module": "celeriac"
+            })
+        );
         assert_eq!(err.to_string(), "celeriac.RustPanic: boom");
     }
 }

@@ -188,9 +188,26 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
-                "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-                "replaced_task_nesting", "stamped_headers", "stamps", "x-custom"
+                "lang",
+                "task",
+                "id",
+                "shadow",
+                "eta",
+                "expires",
+                "group",
+                "group_index",
+                "retries",
+                "timelimit",
+                "root_id",
+                "parent_id",
+                "argsrepr",
+                "kwargsrepr",
+                "origin",
+                "ignore_result",
+                "replaced_task_nesting",
+                "stamped_headers",
+                "stamps",
+                "x-custom"
             ]
         );
         assert_eq!(r.headers["eta"], json!("2030-03-17T17:46:40.123456+00:00"));
