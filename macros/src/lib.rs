@@ -1,7 +1,7 @@
 //! `#[task]`: turns a function into a Celery task registered with celeriac.
 //!
-//! The macro is split the usual way: [`parse`] reads the attribute and the function,
-//! [`validate`] checks the function against the rules and builds a model, [`expand`] writes
+//! The macro is split the usual way: `parse` reads the attribute and the function,
+//! `validate` checks the function against the rules and builds a model, `expand` writes
 //! the code. The logic of binding arguments and calling lives in `celeriac::task`.
 
 mod expand;
