@@ -6,7 +6,9 @@ pub mod call;
 pub mod error;
 pub mod request;
 
-pub use error::{ExcType, TaskError};
+pub use args::{ArgBinder, Param};
+pub use call::call;
+pub use error::{ExcType, IntoTaskError, RetryRequest, TaskError, TaskErrorKind};
 pub use request::Request;
 
 use serde_json::{Map, Value};
@@ -29,4 +31,11 @@ pub struct Invocation {
     pub kwargs: Map<String, Value>,
     /// The request context.
     pub request: Arc<Request>,
+}
+
+impl Invocation {
+    /// An invocation with the given arguments and request context.
+    pub fn new(args: Vec<Value>, kwargs: Map<String, Value>, request: Request) -> Self {
+        Invocation { args, kwargs, request: Arc::new(request) }
+    }
 }

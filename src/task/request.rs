@@ -1,8 +1,227 @@
 //! The request context a task can ask for.
+//!
+//! A `#[task]` function receives it by declaring a parameter of type `&Request`
+//! (Celery's `self.request`).
 
-/// What the worker knows about the running task.
-#[derive(Debug, Clone, Default)]
+use crate::protocol::{DeliveryInfo, TaskHeaders, TaskMessage};
+use chrono::{DateTime, Timelike, Utc};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// What the worker knows about the running task (Celery's `Task.request`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Request {
     /// The task id.
     pub id: String,
+    /// The registered task name (the `task` header).
+    pub name: String,
+    /// Positional arguments as received.
+    pub args: Vec<Value>,
+    /// Keyword arguments as received.
+    pub kwargs: Map<String, Value>,
+    /// How many times the task was retried so far.
+    pub retries: u32,
+    /// Not before this time, when the task was sent with an eta or countdown.
+    pub eta: Option<DateTime<Utc>>,
+    /// The task expires at this time.
+    pub expires: Option<DateTime<Utc>>,
+    /// Id of the first task of the workflow.
+    pub root_id: Option<String>,
+    /// Id of the task that sent this one.
+    pub parent_id: Option<String>,
+    /// Group id, when part of a group or chord header.
+    pub group: Option<String>,
+    /// Position inside the group.
+    pub group_index: Option<i64>,
+    /// The message's `correlation_id` property (the task id for Celery clients).
+    pub correlation_id: Option<String>,
+    /// The message's `reply_to` property: the RPC result queue of the caller.
+    pub reply_to: Option<String>,
+    /// The worker's node name, e.g. `celeriac@host`.
+    pub hostname: String,
+    /// Where the message was routed.
+    pub delivery_info: DeliveryInfo,
+    /// Every header of the message by its wire name, the typed ones rebuilt in Celery's
+    /// order followed by the extra ones in arrival order. Times are written as UTC
+    /// ISO-8601 strings the way Python's `isoformat()` writes them.
+    pub headers: Map<String, Value>,
+    /// `(hard, soft)` time limits. Limits that are not positive finite numbers are `None`.
+    pub timelimit: (Option<Duration>, Option<Duration>),
+    /// The `ignore_result` header: `None` when the client left it to the task
+    /// (`send_task` sends `null`).
+    pub ignore_result: Option<bool>,
+}
+
+impl Request {
+    /// The request context of a decoded message, run on the worker node `hostname`.
+    pub fn from_message(msg: &TaskMessage, hostname: &str) -> Request {
+        let h = &msg.headers;
+        let prop = |key: &str| msg.properties.get(key).and_then(Value::as_str).map(str::to_owned);
+        Request {
+            id: h.id.clone(),
+            name: h.task.clone(),
+            args: msg.args.clone(),
+            kwargs: msg.kwargs.clone(),
+            retries: h.retries,
+            eta: h.eta,
+            expires: h.expires,
+            root_id: h.root_id.clone(),
+            parent_id: h.parent_id.clone(),
+            group: h.group.clone(),
+            group_index: h.group_index,
+            correlation_id: prop("correlation_id"),
+            reply_to: prop("reply_to"),
+            hostname: hostname.to_owned(),
+            delivery_info: msg.delivery_info.clone(),
+            headers: headers_map(h),
+            timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
+            ignore_result: h.ignore_result,
+        }
+    }
+}
+
+/// Seconds from the wire as a `Duration`; Celery treats a missing or zero limit as none.
+fn seconds(secs: Option<f64>) -> Option<Duration> {
+    secs.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+/// Python's `datetime.isoformat()` of a UTC time: microseconds only when non-zero.
+fn isoformat(t: &DateTime<Utc>) -> String {
+    if t.nanosecond() / 1000 == 0 {
+        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
+}
+
+/// The headers as a map by wire name (PROTOCOL.md 1.2 order), then the extra ones.
+fn headers_map(h: &TaskHeaders) -> Map<String, Value> {
+    let s = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    let time = |v: &Option<DateTime<Utc>>| v.as_ref().map_or(Value::Null, |t| Value::String(isoformat(t)));
+    let float = |v: Option<f64>| v.and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number);
+    let mut m = Map::new();
+    m.insert("lang".into(), s(&h.lang));
+    m.insert("task".into(), Value::String(h.task.clone()));
+    m.insert("id".into(), Value::String(h.id.clone()));
+    m.insert("shadow".into(), s(&h.shadow));
+    m.insert("eta".into(), time(&h.eta));
+    m.insert("expires".into(), time(&h.expires));
+    m.insert("group".into(), s(&h.group));
+    m.insert("group_index".into(), h.group_index.map_or(Value::Null, Value::from));
+    m.insert("retries".into(), Value::from(h.retries));
+    m.insert("timelimit".into(), Value::Array(vec![float(h.timelimit.0), float(h.timelimit.1)]));
+    m.insert("root_id".into(), s(&h.root_id));
+    m.insert("parent_id".into(), s(&h.parent_id));
+    m.insert("argsrepr".into(), s(&h.argsrepr));
+    m.insert("kwargsrepr".into(), s(&h.kwargsrepr));
+    m.insert("origin".into(), s(&h.origin));
+    m.insert("ignore_result".into(), h.ignore_result.map_or(Value::Null, Value::Bool));
+    m.insert("replaced_task_nesting".into(), Value::from(h.replaced_task_nesting));
+    m.insert(
+        "stamped_headers".into(),
+        h.stamped_headers
+            .as_ref()
+            .map_or(Value::Null, |v| Value::Array(v.iter().cloned().map(Value::String).collect())),
+    );
+    m.insert("stamps".into(), Value::Object(h.stamps.clone()));
+    for (k, v) in &h.extra {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Embed, ProtocolVersion, Serializer};
+    use serde_json::json;
+
+    fn message() -> TaskMessage {
+        let mut headers = TaskHeaders::new("tasks.add", "id-1");
+        headers.retries = 2;
+        headers.parent_id = Some("parent".into());
+        headers.group = Some("g".into());
+        headers.group_index = Some(3);
+        headers.timelimit = (Some(10.0), Some(2.5));
+        headers.eta = DateTime::from_timestamp(1_900_000_000, 123_456_000);
+        headers.expires = DateTime::from_timestamp(1_900_000_100, 0);
+        headers.extra.insert("x-custom".into(), json!("v"));
+        let mut properties = Map::new();
+        properties.insert("correlation_id".into(), json!("id-1"));
+        properties.insert("reply_to".into(), json!("reply-q"));
+        TaskMessage {
+            protocol: ProtocolVersion::V2,
+            headers,
+            args: vec![json!(2), json!(3)],
+            kwargs: Map::new(),
+            embed: Embed::default(),
+            properties,
+            serializer: Serializer::Json,
+            delivery_info: DeliveryInfo { exchange: "".into(), routing_key: "celery".into(), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn from_message_fills_every_field() {
+        let r = Request::from_message(&message(), "celeriac@host");
+        assert_eq!(r.id, "id-1");
+        assert_eq!(r.name, "tasks.add");
+        assert_eq!(r.args, vec![json!(2), json!(3)]);
+        assert_eq!(r.retries, 2);
+        assert_eq!(r.root_id.as_deref(), Some("id-1"));
+        assert_eq!(r.parent_id.as_deref(), Some("parent"));
+        assert_eq!(r.group.as_deref(), Some("g"));
+        assert_eq!(r.group_index, Some(3));
+        assert_eq!(r.correlation_id.as_deref(), Some("id-1"));
+        assert_eq!(r.reply_to.as_deref(), Some("reply-q"));
+        assert_eq!(r.hostname, "celeriac@host");
+        assert_eq!(r.delivery_info.routing_key, "celery");
+        assert_eq!(r.timelimit, (Some(Duration::from_secs(10)), Some(Duration::from_millis(2500))));
+        assert_eq!(r.ignore_result, Some(false));
+        assert!(r.eta.is_some() && r.expires.is_some());
+    }
+
+    #[test]
+    fn headers_map_is_in_wire_order_with_python_times() {
+        let r = Request::from_message(&message(), "h");
+        let keys: Vec<&str> = r.headers.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "lang",
+                "task",
+                "id",
+                "shadow",
+                "eta",
+                "expires",
+                "group",
+                "group_index",
+                "retries",
+                "timelimit",
+                "root_id",
+                "parent_id",
+                "argsrepr",
+                "kwargsrepr",
+                "origin",
+                "ignore_result",
+                "replaced_task_nesting",
+                "stamped_headers",
+                "stamps",
+                "x-custom"
+            ]
+        );
+        assert_eq!(r.headers["eta"], json!("2030-03-17T17:46:40.123456+00:00"));
+        assert_eq!(r.headers["expires"], json!("2030-03-17T17:48:20+00:00"));
+        assert_eq!(r.headers["timelimit"], json!([10.0, 2.5]));
+        assert_eq!(r.headers["x-custom"], json!("v"));
+    }
+
+    #[test]
+    fn odd_time_limits_are_none() {
+        assert_eq!(seconds(Some(0.0)), None);
+        assert_eq!(seconds(Some(-1.0)), None);
+        assert_eq!(seconds(Some(f64::NAN)), None);
+        assert_eq!(seconds(Some(f64::INFINITY)), None);
+        assert_eq!(seconds(None), None);
+    }
 }

@@ -1,0 +1,194 @@
+//! Expansion: the user's function unchanged, plus a hidden runner and its registration.
+//!
+//! Everything generated sits in `const _: () = { ... };` and names the runtime only through
+//! `::celeriac::__private`, so it neither adds names to the user's module nor depends on
+//! the user's imports. Type checks are spanned at the user's types so a compile error
+//! points at the parameter or return type that does not fit.
+
+use crate::validate::{Output, Param, TaskFn};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ItemFn;
+use syn::spanned::Spanned;
+
+/// The function followed by its registration.
+pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
+    let rt = quote!(::celeriac::__private);
+    let ident = &task.ident;
+    let fn_name = ident.to_string();
+
+    let mut param_table = Vec::new();
+    let mut takes = Vec::new();
+    let mut bound = Vec::new();
+    let mut call_args = Vec::new();
+    let request = syn::Ident::new("__celeriac_request", Span::call_site());
+    for p in &task.params {
+        match p {
+            Param::Value { name, ty, optional } => {
+                let index = param_table.len();
+                let ty_text = type_text(ty);
+                param_table.push(quote!(#rt::Param { name: #name, ty: #ty_text, optional: #optional }));
+                let var = format_ident!("__celeriac_arg{}", index);
+                // The method name carries the type's span too: rustc reports an unmet bound
+                // of a method call at the method name.
+                let method = syn::Ident::new(if *optional { "take_optional" } else { "take" }, type_span(ty));
+                // Spanned at the type: a type serde cannot deserialize is reported there.
+                let mut index_lit = proc_macro2::Literal::usize_unsuffixed(index);
+                index_lit.set_span(type_span(ty));
+                takes.push(quote_spanned!(type_span(ty)=> __binder.#method::<#ty>(#index_lit)?));
+                bound.push(var.clone());
+                call_args.push(var.into_token_stream());
+            }
+            Param::Request { ty } => {
+                // Spanned at the type, the local's name included (an expression's span
+                // is taken from its tokens): a `&Request` that is not celeriac's is
+                // reported there.
+                let span = type_span(ty);
+                let local = syn::Ident::new("__celeriac_request", span);
+                call_args.push(quote_spanned!(span=> &*#local));
+            }
+        }
+    }
+    let param_count = param_table.len();
+    let types = task.params.iter().filter_map(|p| match p {
+        Param::Value { ty, .. } => Some(ty),
+        Param::Request { .. } => None,
+    });
+
+    let await_ = if task.is_async { quote!(.await) } else { quote!() };
+    let output = match &task.output {
+        Output::Unit => quote!(#rt::to_result_value(&__ret)),
+        Output::Value(ty) => quote_spanned!(type_span(ty)=> ::celeriac::__private::to_result_value::<#ty>(&__ret)),
+        Output::Result { ty, ok, err } => {
+            // Each half is converted on its own, spanned at `T` and at `E` (or at the whole
+            // type for aliases that do not write them), so each unmet bound is reported
+            // once, where it is written. The runtime path is written out inside
+            // `quote_spanned!` so that every token of the call carries the span.
+            let ok_span = type_span(ok.as_deref().unwrap_or(ty));
+            let err_span = type_span(err.as_deref().unwrap_or(ty));
+            let to_value = quote_spanned!(ok_span=> ::celeriac::__private::to_result_value(&__value));
+            let to_error = quote_spanned!(err_span=> ::celeriac::__private::IntoTaskError::into_task_error(__error));
+            quote! {
+                match __ret {
+                    ::core::result::Result::Ok(__value) => #to_value,
+                    ::core::result::Result::Err(__error) => ::core::result::Result::Err(#to_error),
+                }
+            }
+        }
+    };
+    let body = quote!({
+        let __ret = #ident(#(#call_args),*) #await_;
+        #output
+    });
+
+    let runner = if task.is_async {
+        quote! {
+            fn __celeriac_run(inv: #rt::Invocation) -> #rt::TaskFuture {
+                let #rt::Invocation { args, kwargs, request: #request } = inv;
+                match __celeriac_bind(args, kwargs) {
+                    ::core::result::Result::Ok((#(#bound,)*)) => ::std::boxed::Box::pin(async move #body),
+                    ::core::result::Result::Err(e) => {
+                        ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(e)))
+                    }
+                }
+            }
+        }
+    } else {
+        quote! {
+            fn __celeriac_run(inv: #rt::Invocation) -> #rt::TaskResult {
+                let #rt::Invocation { args, kwargs, request: #request } = inv;
+                let (#(#bound,)*) = __celeriac_bind(args, kwargs)?;
+                #body
+            }
+        }
+    };
+    let variant = if task.is_async { quote!(Async) } else { quote!(Blocking) };
+
+    let name = match &task.args.name {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    let acks_late = match &task.args.acks_late {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+
+    quote! {
+        #func
+
+        // The options use struct update syntax on purpose (new options must not break
+        // existing expansions), which clippy would flag in the user's crate.
+        #[doc(hidden)]
+        #[allow(clippy::needless_update)]
+        const _: () = {
+            static __CELERIAC_PARAMS: [#rt::Param; #param_count] = [#(#param_table),*];
+
+            #[allow(unused_mut, unused_variables)]
+            fn __celeriac_bind(
+                args: ::std::vec::Vec<#rt::serde_json::Value>,
+                kwargs: #rt::serde_json::Map<::std::string::String, #rt::serde_json::Value>,
+            ) -> ::core::result::Result<(#(#types,)*), #rt::TaskError> {
+                let mut __binder = #rt::ArgBinder::new(#fn_name, &__CELERIAC_PARAMS, args, kwargs)?;
+                ::core::result::Result::Ok((#(#takes,)*))
+            }
+
+            #runner
+
+            #rt::inventory::submit! {
+                #rt::TaskEntry {
+                    name: #name,
+                    module_path: ::core::module_path!(),
+                    fn_name: #fn_name,
+                    runner: #rt::Runner::#variant(__celeriac_run),
+                    options: #rt::TaskOptions { acks_late: #acks_late, ..#rt::TaskOptions::DEFAULT },
+                }
+            }
+        };
+    }
+}
+
+/// When validation fails: the function as written (so its own uses still resolve and
+/// errors do not cascade) and the validation errors.
+pub fn fallback(item: TokenStream, error: syn::Error) -> TokenStream {
+    let errors = error.to_compile_error();
+    quote!(#item #errors)
+}
+
+/// Where to report a problem with a type: the last path segment (`ParseIntError` in
+/// `std::num::ParseIntError`), since a span covering several tokens is not available to
+/// proc macros on stable and would shrink to the first token.
+///
+/// Only the location is borrowed: name resolution stays the macro's call site, so the
+/// generated locals spanned this way still resolve when `#[task]` is used inside a
+/// `macro_rules!` macro (whose tokens carry their own hygiene).
+fn type_span(ty: &syn::Type) -> Span {
+    let location = match ty {
+        syn::Type::Path(p) => p.path.segments.last().map_or_else(|| ty.span(), |s| s.ident.span()),
+        syn::Type::Reference(r) => return type_span(&r.elem),
+        other => other.span(),
+    };
+    Span::call_site().located_at(location)
+}
+
+/// The type as written, tidied for messages: `Vec<String>`, not `Vec < String >`.
+fn type_text(ty: &syn::Type) -> String {
+    let mut text = ty.to_token_stream().to_string();
+    for (from, to) in [
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        ("& ", "&"),
+        ("[ ", "["),
+        (" ]", "]"),
+        ("( ", "("),
+        (" )", ")"),
+        (" ;", ";"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
+}

@@ -1,0 +1,6 @@
+use celeriac::task;
+
+#[task]
+struct NotAFunction;
+
+fn main() {}
