@@ -15,8 +15,11 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-const PYTHON: &str = "/tmp/pyvenv/bin/python";
-const VECTORS: &str = "/work/shared/vectors/backend";
+/// The project's Python (Celery 5.7), made by `scripts/test.sh`; `CELERIAC_PYTHON` overrides it.
+fn python() -> String {
+    std::env::var("CELERIAC_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
+}
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/backend");
 
 /// A raw connection to `db`, flushed. Panics with instructions when Redis is not running.
 async fn raw(db: u8) -> redis::aio::MultiplexedConnection {
@@ -348,12 +351,12 @@ async fn connection_errors_are_classified_and_passwords_masked() {
 
 /// Run Python with `script`, passing `args`; returns stdout, failing on a non-zero exit.
 fn python(script: &str, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(PYTHON)
+    let out = std::process::Command::new(python())
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
-        .with_context(|| format!("{PYTHON} must exist (the Celery 5.7 venv)"))?;
+        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python()))?;
     if !out.status.success() {
         bail!(
             "python failed: {}\n{}",
@@ -498,7 +501,7 @@ async fn python_get_waiting_before_the_store_is_pushed() -> Result<()> {
     let id = format!("py-wait-{}", uuid::Uuid::new_v4());
     let channel = format!("celery-task-meta-{id}");
 
-    let child = tokio::process::Command::new(PYTHON)
+    let child = tokio::process::Command::new(python())
         .arg("-c")
         .arg(
             r#"
@@ -515,7 +518,7 @@ print(json.dumps({"value": value, "at": time.time()}))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("{PYTHON} must exist (the Celery 5.7 venv)"))?;
+        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python()))?;
 
     // Store only once Python is subscribed (and so already inside get()).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -541,14 +541,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/backend");
+    const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/backend");
 
-    /// The captured bytes; the path works from the worktree and from /work/shared's sibling.
+    /// The captured bytes (`shared/` sits beside the checkout).
     fn vector(path: &str) -> Vec<u8> {
-        let candidates = [
-            format!("{VECTORS}/{path}"),
-            format!("/work/shared/vectors/backend/{path}"),
-        ];
+        let candidates = [format!("{VECTORS}/{path}")];
         for c in &candidates {
             if let Ok(bytes) = std::fs::read(c) {
                 return bytes;

@@ -22,11 +22,14 @@ pub struct TaskOptions {
     /// Acknowledge the message after the task ends instead of before it starts
     /// (Celery's `acks_late`).
     pub acks_late: Option<bool>,
+    /// How many retries a task may ask for before it fails (Celery's `max_retries`,
+    /// 3 when not set).
+    pub max_retries: Option<u32>,
 }
 
 impl TaskOptions {
     /// No option set.
-    pub const DEFAULT: TaskOptions = TaskOptions { acks_late: None };
+    pub const DEFAULT: TaskOptions = TaskOptions { acks_late: None, max_retries: None };
 }
 
 /// A task as `#[task]` registers it.

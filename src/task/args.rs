@@ -149,7 +149,7 @@ impl ArgBinder {
         };
         // kombu's JSON type markers (`{"__type__": "datetime", ...}`) stand for plain
         // values a Rust type may accept once unwrapped.
-        let plain = plain(&value);
+        let plain = crate::protocol::kombu::plain(&value);
         if plain != value
             && let Ok(v) = T::deserialize(&plain)
         {
@@ -161,12 +161,6 @@ impl ArgBinder {
             self.fn_name, p.name, p.ty
         )))
     }
-}
-
-/// Placeholder for `crate::protocol::kombu::plain`, which unwraps kombu's type markers
-/// and is written in the protocol module: until it lands, values are used as received.
-fn plain(value: &Value) -> Value {
-    value.clone()
 }
 
 fn plural(n: usize) -> &'static str {

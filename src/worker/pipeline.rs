@@ -141,9 +141,11 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
 /// store RETRY; past `max_retries` the task fails instead, as `Task.retry` does.
 async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskError) {
     let retries = msg.headers.retries + 1;
-    let max_retries = err.retry_max_retries().or(entry.options.max_retries);
-    if max_retries.is_some_and(|max| retries > max) {
-        let exc = err.retry_cause().cloned().unwrap_or_else(|| {
+    let request = err.retry_request().expect("only retry errors are passed here");
+    // Celery's default `max_retries` is 3; a retry may override it.
+    let max_retries = request.max_retries.or(entry.options.max_retries).unwrap_or(3);
+    if retries > max_retries {
+        let exc = request.cause.clone().unwrap_or_else(|| {
             TaskError::new(
                 "MaxRetriesExceededError",
                 format!("Can't retry {}[{}] args:{:?} kwargs:{:?}", msg.headers.task, msg.headers.id, msg.args, msg.kwargs),
@@ -155,7 +157,9 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
     }
     let mut next = msg.clone();
     next.headers.retries = retries;
-    next.headers.eta = Some(err.retry_eta(Utc::now()));
+    // Celery's `default_retry_delay` is 180 s when neither countdown nor eta is given.
+    let countdown = request.countdown.unwrap_or(std::time::Duration::from_secs(180));
+    next.headers.eta = Some(request.eta.unwrap_or_else(|| Utc::now() + countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());
     next.headers.argsrepr = None;
     next.headers.kwargsrepr = None;
@@ -171,7 +175,7 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
         Ok(()) => {
             tracing::info!(task = %msg.headers.task, id = %msg.headers.id, retries, "task retry scheduled");
             if !ignores_result(msg) {
-                let exc = err.retry_cause().unwrap_or(&err).to_exception_info();
+                let exc = request.cause.as_ref().unwrap_or(&err).to_exception_info();
                 let mut meta = with_context(ResultMeta::retry(&msg.headers.id, exc, None), msg);
                 meta.children = Some(vec![serde_json::json!([[msg.headers.id, null], null])]);
                 store(&shared.backend, &meta).await;
