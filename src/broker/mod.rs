@@ -1,19 +1,96 @@
 //! Moving messages: the transports. Brokers know kombu's storage layouts, not Celery's
 //! message format (that is [`crate::protocol`]).
+//!
+//! * [`AnyBroker`] publishes [`RawMessage`]s and opens [`Consumer`]s.
+//! * A [`Consumer`] yields [`Delivery`]s; each delivery owns its acknowledgement
+//!   ([`Delivery::ack`], [`Delivery::requeue`], [`Delivery::restore`], [`Delivery::dead_letter`])
+//!   and one prefetch slot, freed when it is settled or dropped.
+//! * Priorities follow kombu's Redis transport on every broker: steps `[0, 3, 6, 9]`, and a
+//!   lower number is served first (PROTOCOL.md section 5.3).
 
 pub mod memory;
 pub mod redis;
 pub mod url;
 
 use crate::protocol::RawMessage;
+use serde_json::{Map, Value};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+
+pub use memory::{MemoryBroker, MemoryConsumer};
+pub use redis::{RedisBroker, RedisConsumer};
+pub use url::{BrokerUrl, UrlError};
+
+/// The Redis list (and memory-broker store) where undecodable messages are kept.
+pub const DEAD_LETTER_KEY: &str = "celeriac.dead_letter";
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// Placeholder until the broker module is written.
-    #[error("{0}")]
-    Other(String),
+    /// The broker URL could not be used.
+    #[error("invalid broker URL: {0}")]
+    Url(#[from] UrlError),
+    /// `rediss://` needs TLS support, which this build of the redis client lacks.
+    #[error("TLS (rediss://) is not available: the redis client was built without a TLS feature")]
+    TlsUnavailable,
+    /// Connecting to the broker failed.
+    #[error("cannot connect to the broker at {url}: {source}")]
+    Connect {
+        /// The broker URL, password masked.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// A Redis command failed.
+    #[error("redis {command} failed: {source}")]
+    Redis {
+        /// What was being done.
+        command: &'static str,
+        /// The client's error.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// Redis answered something kombu's layout does not allow.
+    #[error("unexpected reply to {command}: {detail}")]
+    UnexpectedReply {
+        /// What was being done.
+        command: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Publishing to a named exchange found no bound queue (kombu drops such messages
+    /// with an UndeliverableWarning; Celeriac reports it instead).
+    #[error("no queue is bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key published with.
+        routing_key: String,
+    },
+    /// `consume` was given no queue.
+    #[error("consume needs at least one queue")]
+    NoQueues,
+    /// The consumer has stopped fetching.
+    #[error("the consumer is closed")]
+    Closed,
+}
+
+impl BrokerError {
+    /// True when the error comes from the connection (refused, dropped, timed out): the
+    /// operation may succeed after reconnecting, unlike a malformed request.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            BrokerError::Connect { .. } => true,
+            BrokerError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Options for connecting a broker.
@@ -40,6 +117,44 @@ pub enum AnyBroker {
     Redis(redis::RedisBroker),
 }
 
+impl AnyBroker {
+    /// Connect to the broker named by `url` (`redis://`, `rediss://`, `memory://`).
+    pub async fn connect(url: &str, opts: BrokerOptions) -> Result<AnyBroker, BrokerError> {
+        match BrokerUrl::parse(url)? {
+            BrokerUrl::Memory { name } => Ok(AnyBroker::Memory(MemoryBroker::named(&name))),
+            BrokerUrl::Redis(r) => Ok(AnyBroker::Redis(RedisBroker::connect(r, opts).await?)),
+        }
+    }
+
+    /// Publish exactly as kombu does. Exchange `""` (the default exchange): the routing key
+    /// is the queue. A named exchange: the queues bound with an equal routing key (Redis:
+    /// `_kombu.binding.<exchange>`); none bound is [`BrokerError::Unroutable`].
+    pub async fn publish(&self, msg: &RawMessage, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.publish(msg, exchange, routing_key),
+            AnyBroker::Redis(b) => b.publish(msg, exchange, routing_key).await,
+        }
+    }
+
+    /// Start consuming `queues`; at most `prefetch` deliveries are held un-settled at once
+    /// (`0` means no limit, as kombu's `prefetch_count=0`). Like a kombu worker, this binds
+    /// each queue to the direct exchange of the same name.
+    pub async fn consume(&self, queues: &[String], prefetch: usize) -> Result<Consumer, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.consume(queues, prefetch).map(Consumer::Memory),
+            AnyBroker::Redis(b) => b.consume(queues, prefetch).await.map(Consumer::Redis),
+        }
+    }
+
+    /// Banner text for the broker, password masked.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyBroker::Memory(b) => b.describe(),
+            AnyBroker::Redis(b) => b.describe(),
+        }
+    }
+}
+
 /// A stream of deliveries from some queues.
 pub enum Consumer {
     /// In-process.
@@ -48,8 +163,240 @@ pub enum Consumer {
     Redis(redis::RedisConsumer),
 }
 
-/// One message taken from a queue. It owns its acknowledgement.
+impl Consumer {
+    /// The next delivery. Cancel-safe: dropping the future (e.g. in `tokio::select!`) loses
+    /// no message. An error is reported once per outage; calling `next` again keeps going
+    /// (the fetcher retries), except [`BrokerError::Closed`].
+    pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        match self {
+            Consumer::Memory(c) => c.next().await,
+            Consumer::Redis(c) => c.next().await,
+        }
+    }
+
+    /// Stop fetching and hand back every message fetched but not yet given out (Redis:
+    /// restored to the front of its queue, as kombu's `restore_unacked` does). Deliveries
+    /// already given out stay valid and can be settled later.
+    pub async fn close(self) -> Result<(), BrokerError> {
+        match self {
+            Consumer::Memory(c) => c.close().await,
+            Consumer::Redis(c) => c.close().await,
+        }
+    }
+}
+
+/// How a delivery is settled: one per transport.
+pub(crate) enum Acker {
+    Memory(memory::MemoryAcker),
+    Redis(redis::RedisAcker),
+}
+
+/// One message taken from a queue. It owns its acknowledgement and one prefetch slot.
+///
+/// Dropping a delivery without settling it loses nothing: on Redis it stays in kombu's
+/// `unacked` hash and the visibility-timeout restore brings it back; the memory broker puts
+/// it back at the front of its queue at once. Either way a warning is logged.
 pub struct Delivery {
     /// The message.
     pub message: RawMessage,
+    tag: String,
+    acker: Option<Acker>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("tag", &self.tag).field("message", &self.message).finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(message: RawMessage, tag: String, acker: Acker, permit: Option<OwnedSemaphorePermit>) -> Self {
+        Delivery { message, tag, acker: Some(acker), _permit: permit }
+    }
+
+    /// The broker's delivery tag (Redis: the uuid4 `properties.delivery_tag` of the envelope).
+    pub fn delivery_tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Acknowledge: the message is done (Redis: `MULTI; ZREM unacked_index; HDEL unacked; EXEC`).
+    pub async fn ack(mut self) -> Result<(), BrokerError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
+                a.ack(&self.tag);
+                Ok(())
+            }
+            Some(Acker::Redis(a)) => a.ack(&self.tag).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reject with requeue (kombu's `reject(requeue=True)`): put the message at the back of
+    /// its queue (Redis: `LPUSH`) with `headers.redelivered` and
+    /// `properties.delivery_info.redelivered` set, the same delivery tag.
+    pub async fn requeue(mut self) -> Result<(), BrokerError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
+                a.restore(&self.tag, true);
+                Ok(())
+            }
+            Some(Acker::Redis(a)) => a.restore(&self.tag, true).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Put the message back at the front of its queue (Redis: `RPUSH`), as a warm shutdown
+    /// does with messages it will not run; redelivered flags set, same delivery tag.
+    pub async fn restore(mut self) -> Result<(), BrokerError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
+                a.restore(&self.tag, false);
+                Ok(())
+            }
+            Some(Acker::Redis(a)) => a.restore(&self.tag, false).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Keep a message that cannot be processed (e.g. undecodable) instead of dropping it,
+    /// then settle it.
+    ///
+    /// Redis: in one transaction, `LPUSH celeriac.dead_letter` a JSON object
+    /// `{"reason": <reason>, "queue": <queue name>, "received_at": <unix seconds, float>,
+    /// "envelope": <the envelope exactly as it was popped, as a JSON string>}`, and remove the
+    /// message from `unacked`/`unacked_index`. Memory: appended to
+    /// [`MemoryBroker::dead_letters`] with the reason.
+    pub async fn dead_letter(mut self, reason: &str) -> Result<(), BrokerError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
+                a.dead_letter(&self.tag, reason);
+                Ok(())
+            }
+            Some(Acker::Redis(a)) => a.dead_letter(&self.tag, reason).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        match self.acker.take() {
+            None => {}
+            Some(Acker::Redis(_)) => tracing::warn!(
+                delivery_tag = %self.tag,
+                "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"
+            ),
+            Some(Acker::Memory(a)) => {
+                tracing::warn!(delivery_tag = %self.tag, "delivery dropped without ack: restored to its queue");
+                a.restore(&self.tag, false);
+            }
+        }
+    }
+}
+
+/// kombu's priority steps (`priority_steps`).
+pub(crate) const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+
+/// kombu's `_get_message_priority`: `int(properties['priority'])` clamped to 0..=9, 0 when
+/// missing or not a number.
+pub(crate) fn message_priority(properties: &Map<String, Value>) -> u8 {
+    let p = match properties.get("priority") {
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64)),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(Value::Bool(b)) => Some(i64::from(*b)),
+        _ => None,
+    };
+    p.map_or(0, |p| p.clamp(0, 9) as u8)
+}
+
+/// Index into [`PRIORITY_STEPS`] for a priority (kombu's `priority(n)`: the greatest step <= n).
+pub(crate) fn priority_index(priority: u8) -> usize {
+    PRIORITY_STEPS.iter().rposition(|s| *s <= priority).unwrap_or(0)
+}
+
+/// kombu's `_queue_cycle.rotate(last_used)`: the queue that delivered moves to the end.
+pub(crate) fn rotate(cycle: &mut Vec<String>, used: &str) {
+    if let Some(i) = cycle.iter().position(|q| q == used) {
+        let q = cycle.remove(i);
+        cycle.push(q);
+    }
+}
+
+/// Set the redelivered flags kombu's `_do_restore_message` sets. As in kombu, a message
+/// without headers gets neither flag (its KeyError skips both).
+pub(crate) fn mark_redelivered(envelope: &mut Value) {
+    let Some(obj) = envelope.as_object_mut() else { return };
+    match obj.get_mut("headers").and_then(Value::as_object_mut) {
+        Some(h) => {
+            h.insert("redelivered".into(), Value::Bool(true));
+        }
+        None => return,
+    }
+    if let Some(di) = obj
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .and_then(|p| p.get_mut("delivery_info"))
+        .and_then(Value::as_object_mut)
+    {
+        di.insert("redelivered".into(), Value::Bool(true));
+    }
+}
+
+/// Bytes as a string for a JSON document: valid UTF-8 kept, every byte of an invalid
+/// sequence taken as its Latin-1 character (the Lua take script does the same).
+pub(crate) fn lossless_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        out.extend(chunk.invalid().iter().map(|b| char::from(*b)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn priorities_follow_kombu() {
+        let p = |v: Value| message_priority(json!({ "priority": v }).as_object().unwrap());
+        assert_eq!(p(json!(5)), 5);
+        assert_eq!(p(json!(12)), 9);
+        assert_eq!(p(json!(-3)), 0);
+        assert_eq!(p(json!("7")), 7);
+        assert_eq!(p(json!(null)), 0);
+        assert_eq!(message_priority(&Map::new()), 0);
+        let steps: Vec<usize> = (0..=9).map(priority_index).collect();
+        assert_eq!(steps, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]);
+    }
+
+    #[test]
+    fn rotation_moves_the_used_queue_last() {
+        let mut c = vec!["a".to_string(), "b".into(), "c".into()];
+        rotate(&mut c, "a");
+        assert_eq!(c, ["b", "c", "a"]);
+        rotate(&mut c, "zzz");
+        assert_eq!(c, ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn redelivered_flags_are_appended() {
+        let mut v = json!({"headers": {"a": 1}, "properties": {"delivery_info": {"exchange": ""}, "x": 1}});
+        mark_redelivered(&mut v);
+        assert_eq!(
+            crate::protocol::kombu::to_python_json(&v),
+            r#"{"headers": {"a": 1, "redelivered": true}, "properties": {"delivery_info": {"exchange": "", "redelivered": true}, "x": 1}}"#
+        );
+        let mut v = json!({"properties": {"delivery_info": {}}});
+        mark_redelivered(&mut v);
+        assert_eq!(v, json!({"properties": {"delivery_info": {}}}));
+    }
+
+    #[test]
+    fn lossless_text_maps_invalid_bytes_to_latin1() {
+        assert_eq!(lossless_text("é".as_bytes()), "é");
+        assert_eq!(lossless_text(&[b'a', 0xff, 0xe2, 0x82, b'b']), "a\u{ff}\u{e2}\u{82}b");
+    }
 }
