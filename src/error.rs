@@ -12,6 +12,9 @@ pub enum Error {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    /// The task registry is inconsistent (e.g. two tasks with one name).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     /// The result backend failed.
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),

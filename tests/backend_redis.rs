@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 /// The project's Python (Celery 5.7), made by `scripts/test.sh`; `CELERIAC_PYTHON` overrides it.
-fn python() -> String {
+fn python_bin() -> String {
     std::env::var("CELERIAC_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
 }
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/backend");
@@ -351,12 +351,12 @@ async fn connection_errors_are_classified_and_passwords_masked() {
 
 /// Run Python with `script`, passing `args`; returns stdout, failing on a non-zero exit.
 fn python(script: &str, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(python_bin())
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
-        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python()))?;
+        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python_bin()))?;
     if !out.status.success() {
         bail!(
             "python failed: {}\n{}",
@@ -501,7 +501,7 @@ async fn python_get_waiting_before_the_store_is_pushed() -> Result<()> {
     let id = format!("py-wait-{}", uuid::Uuid::new_v4());
     let channel = format!("celery-task-meta-{id}");
 
-    let child = tokio::process::Command::new(python())
+    let child = tokio::process::Command::new(python_bin())
         .arg("-c")
         .arg(
             r#"
@@ -518,7 +518,7 @@ print(json.dumps({"value": value, "at": time.time()}))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python()))?;
+        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python_bin()))?;
 
     // Store only once Python is subscribed (and so already inside get()).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -79,13 +79,13 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         if let Ok(wait) = (eta - Utc::now()).to_std() {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => { settle(delivery.restore().await); return; }
+                () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
             }
         }
     }
     let slot = tokio::select! {
         slot = shared.slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
-        _ = stop.wait_for(|s| *s) => { settle(delivery.restore().await); return; }
+        () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
     };
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
@@ -96,7 +96,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         None
     };
 
-    let request = Arc::new(Request::from_message(&msg));
+    let request = Arc::new(Request::from_message(&msg, &shared.hostname));
     if shared.track_started && !ignores_result(&msg) {
         let started = with_context(
             ResultMeta::started(&id, &shared.hostname, std::process::id()),
@@ -211,6 +211,12 @@ fn with_context(mut meta: ResultMeta, msg: &TaskMessage) -> ResultMeta {
 
 fn ignores_result(msg: &TaskMessage) -> bool {
     msg.headers.ignore_result == Some(true)
+}
+
+/// Completes once the worker stops taking new work.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // `wait_for` only fails when the sender is gone, which also means stop.
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn store(backend: &AnyBackend, meta: &ResultMeta) {
