@@ -561,11 +561,17 @@ impl RedisConsumer {
             let _ = r.await;
         }
         self.rx.close();
-        let mut first_err = None;
+        let mut fetched = Vec::new();
         while let Some(item) = self.rx.recv().await {
-            if let Ok(delivery) = item
-                && let Err(e) = delivery.restore().await
-            {
+            if let Ok(delivery) = item {
+                fetched.push(delivery);
+            }
+        }
+        // Each restore RPUSHes to the front, so restoring the last-fetched first leaves the
+        // queue in its original order (kombu restores in fetch order and so reverses them).
+        let mut first_err = None;
+        for delivery in fetched.into_iter().rev() {
+            if let Err(e) = delivery.restore().await {
                 tracing::error!(error = %e, "could not restore a prefetched message on close");
                 first_err.get_or_insert(e);
             }
