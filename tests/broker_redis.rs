@@ -30,19 +30,35 @@ async fn raw_conn() -> MultiplexedConnection {
 }
 
 async fn broker(opts: BrokerOptions) -> RedisBroker {
-    let Ok(BrokerUrl::Redis(url)) = BrokerUrl::parse(URL) else { panic!("bad test URL") };
-    RedisBroker::connect(url, opts).await.unwrap_or_else(|e| panic!("Redis is required for these tests: {e}"))
+    let Ok(BrokerUrl::Redis(url)) = BrokerUrl::parse(URL) else {
+        panic!("bad test URL")
+    };
+    RedisBroker::connect(url, opts)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required for these tests: {e}"))
 }
 
 fn short_visibility() -> BrokerOptions {
-    BrokerOptions { visibility_timeout: Duration::from_secs(1), restore_interval: Duration::from_millis(300) }
+    BrokerOptions {
+        visibility_timeout: Duration::from_secs(1),
+        restore_interval: Duration::from_millis(300),
+    }
 }
 
 async fn setup_with(opts: BrokerOptions) -> Harness {
     let guard = LOCK.lock().await;
     let mut conn = raw_conn().await;
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.expect("FLUSHDB");
-    Harness { kind: Kind::Redis { broker: broker(opts).await, conn }, _guard: Some(guard) }
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHDB");
+    Harness {
+        kind: Kind::Redis {
+            broker: broker(opts).await,
+            conn,
+        },
+        _guard: Some(guard),
+    }
 }
 
 async fn setup() -> Harness {
@@ -63,16 +79,28 @@ fn vector(path: &str) -> Vec<u8> {
 }
 
 async fn lrange(conn: &mut MultiplexedConnection, key: &str) -> Vec<Vec<u8>> {
-    redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(conn).await.unwrap()
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 fn tag_of(envelope: &[u8]) -> String {
     let v: Value = serde_json::from_slice(envelope).unwrap();
-    v["properties"]["delivery_tag"].as_str().unwrap().to_string()
+    v["properties"]["delivery_tag"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn python(script: &str, args: &[&str]) -> String {
@@ -96,7 +124,10 @@ async fn publish_writes_kombus_envelope_bytes() {
     let h = setup().await;
     let mut conn = conn_of(&h);
     let b = h.any();
-    for (file, key) in [("v2_basic.json", "celery"), ("v2_countdown_expires_priority.json", "celery\x06\x163")] {
+    for (file, key) in [
+        ("v2_basic.json", "celery"),
+        ("v2_countdown_expires_priority.json", "celery\x06\x163"),
+    ] {
         let expected = vector(&format!("broker/{file}"));
         let msg = decode_envelope(&expected).unwrap();
         b.publish(&msg, "", "celery").await.unwrap();
@@ -104,11 +135,21 @@ async fn publish_writes_kombus_envelope_bytes() {
         assert_eq!(items.len(), 1, "{file} goes to {key:?}");
         let ours = &items[0];
         let fresh = tag_of(ours);
-        assert_ne!(fresh, tag_of(&expected), "a fresh uuid4 delivery tag per publish");
+        assert_ne!(
+            fresh,
+            tag_of(&expected),
+            "a fresh uuid4 delivery tag per publish"
+        );
         assert!(uuid::Uuid::parse_str(&fresh).is_ok_and(|u| u.get_version_num() == 4));
-        let expected = String::from_utf8(expected.clone()).unwrap().replace(&tag_of(&expected), &fresh);
+        let expected = String::from_utf8(expected.clone())
+            .unwrap()
+            .replace(&tag_of(&expected), &fresh);
         assert_eq!(String::from_utf8_lossy(ours), expected, "{file}");
-        let _: () = redis::cmd("DEL").arg(key).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }
 
@@ -117,12 +158,27 @@ async fn python_client_messages_are_consumed_with_all_fields() {
     let h = setup().await;
     let mut conn = conn_of(&h);
     let list_keys: Value = serde_json::from_slice(&vector("broker/list_keys.json")).unwrap();
-    let files = ["v2_basic", "v2_msgpack", "v2_priority_9", "v2_countdown_expires_priority", "v1_send_task", "v2_gzip"];
+    let files = [
+        "v2_basic",
+        "v2_msgpack",
+        "v2_priority_9",
+        "v2_countdown_expires_priority",
+        "v1_send_task",
+        "v2_gzip",
+    ];
     for file in files {
         let raw = vector(&format!("broker/{file}.json"));
         // list_keys.json names the key of every captured v2 message; v1 went to `celery` too.
-        let key = list_keys[file].as_str().unwrap_or("celery").replace("\\x06\\x16", "\x06\x16");
-        let _: () = redis::cmd("LPUSH").arg(&key).arg(&raw).query_async(&mut conn).await.unwrap();
+        let key = list_keys[file]
+            .as_str()
+            .unwrap_or("celery")
+            .replace("\\x06\\x16", "\x06\x16");
+        let _: () = redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(&raw)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
     let mut c = h.any().consume(&["celery".to_string()], 10).await.unwrap();
     let mut got = Vec::new();
@@ -131,16 +187,41 @@ async fn python_client_messages_are_consumed_with_all_fields() {
         got.push(d);
     }
     // Priority order: the step-0 key first (FIFO), then steps 3 and 9.
-    let ids: Vec<&str> = got.iter().map(|d| d.message.properties["correlation_id"].as_str().unwrap()).collect();
-    let order = ["v2_basic", "v2_msgpack", "v1_send_task", "v2_gzip", "v2_countdown_expires_priority", "v2_priority_9"];
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|d| d.message.properties["correlation_id"].as_str().unwrap())
+        .collect();
+    let order = [
+        "v2_basic",
+        "v2_msgpack",
+        "v1_send_task",
+        "v2_gzip",
+        "v2_countdown_expires_priority",
+        "v2_priority_9",
+    ];
     for (d, file) in got.iter().zip(order) {
         let env: Value = serde_json::from_slice(&vector(&format!("broker/{file}.json"))).unwrap();
-        let body = base64::engine::general_purpose::STANDARD.decode(env["body"].as_str().unwrap()).unwrap();
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(env["body"].as_str().unwrap())
+            .unwrap();
         assert_eq!(d.message.body, body, "{file}");
-        assert_eq!(Value::Object(d.message.headers.clone()), env["headers"], "{file}");
-        assert_eq!(d.message.content_type, env["content-type"].as_str().unwrap());
-        assert_eq!(d.message.content_encoding, env["content-encoding"].as_str().unwrap());
-        assert_eq!(d.delivery_tag(), env["properties"]["delivery_tag"].as_str().unwrap());
+        assert_eq!(
+            Value::Object(d.message.headers.clone()),
+            env["headers"],
+            "{file}"
+        );
+        assert_eq!(
+            d.message.content_type,
+            env["content-type"].as_str().unwrap()
+        );
+        assert_eq!(
+            d.message.content_encoding,
+            env["content-encoding"].as_str().unwrap()
+        );
+        assert_eq!(
+            d.delivery_tag(),
+            env["properties"]["delivery_tag"].as_str().unwrap()
+        );
         let mut props = env["properties"].as_object().unwrap().clone();
         for k in ["delivery_info", "body_encoding", "delivery_tag"] {
             props.remove(k);
@@ -148,7 +229,10 @@ async fn python_client_messages_are_consumed_with_all_fields() {
         assert_eq!(d.message.properties, props, "{file}");
         assert_eq!(d.message.delivery_info.exchange, "");
         assert_eq!(d.message.delivery_info.routing_key, "celery");
-        assert_eq!(d.message.delivery_info.priority, props["priority"].as_u64().map(|p| p as u8));
+        assert_eq!(
+            d.message.delivery_info.priority,
+            props["priority"].as_u64().map(|p| p as u8)
+        );
         assert!(!d.message.delivery_info.redelivered);
     }
     assert_eq!(ids.len(), 6);
@@ -166,8 +250,16 @@ async fn held_messages_are_in_kombus_unacked_tables() {
     let expected = vector("ack-emulation/unacked_hash_value.json");
     let value: Value = serde_json::from_slice(&expected).unwrap();
     let envelope = to_python_json(&value[0]);
-    assert_eq!(format!("[{envelope}, \"\", \"celery\"]").as_bytes(), expected.as_slice());
-    let _: () = redis::cmd("LPUSH").arg("celery").arg(&envelope).query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        format!("[{envelope}, \"\", \"celery\"]").as_bytes(),
+        expected.as_slice()
+    );
+    let _: () = redis::cmd("LPUSH")
+        .arg("celery")
+        .arg(&envelope)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     let before = now();
     let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
@@ -175,16 +267,36 @@ async fn held_messages_are_in_kombus_unacked_tables() {
     let after = now();
     let tag = "7d5ffe1c-94cd-40ea-a970-00a88045a7b0";
     assert_eq!(d.delivery_tag(), tag);
-    let held: Vec<u8> = redis::cmd("HGET").arg("unacked").arg(tag).query_async(&mut conn).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&held), String::from_utf8_lossy(&expected), "byte-identical to kombu's");
-    let score: f64 = redis::cmd("ZSCORE").arg("unacked_index").arg(tag).query_async(&mut conn).await.unwrap();
-    assert!(score >= before - 0.01 && score <= after + 0.01, "{before} <= {score} <= {after}");
+    let held: Vec<u8> = redis::cmd("HGET")
+        .arg("unacked")
+        .arg(tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&held),
+        String::from_utf8_lossy(&expected),
+        "byte-identical to kombu's"
+    );
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("unacked_index")
+        .arg(tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        score >= before - 0.01 && score <= after + 0.01,
+        "{before} <= {score} <= {after}"
+    );
 
     d.ack().await.unwrap();
-    let exists: (i64, i64) =
-        redis::pipe().hexists("unacked", tag).zscore("unacked_index", tag).query_async(&mut conn).await.map(
-            |(e, s): (i64, Option<f64>)| (e, s.map_or(0, |_| 1)),
-        ).unwrap();
+    let exists: (i64, i64) = redis::pipe()
+        .hexists("unacked", tag)
+        .zscore("unacked_index", tag)
+        .query_async(&mut conn)
+        .await
+        .map(|(e, s): (i64, Option<f64>)| (e, s.map_or(0, |_| 1)))
+        .unwrap();
     assert_eq!(exists, (0, 0), "ack removes both entries");
     c.close().await.unwrap();
 }
@@ -193,9 +305,14 @@ async fn held_messages_are_in_kombus_unacked_tables() {
 async fn visibility_restore_is_byte_identical_to_kombus() {
     let h = setup().await;
     let mut conn = conn_of(&h);
-    let value: Value = serde_json::from_slice(&vector("ack-emulation/unacked_hash_value.json")).unwrap();
-    let _: () =
-        redis::cmd("LPUSH").arg("celery").arg(to_python_json(&value[0])).query_async(&mut conn).await.unwrap();
+    let value: Value =
+        serde_json::from_slice(&vector("ack-emulation/unacked_hash_value.json")).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("celery")
+        .arg(to_python_json(&value[0]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
     let held = recv(&mut c).await;
 
@@ -207,10 +324,21 @@ async fn visibility_restore_is_byte_identical_to_kombus() {
     let items = lrange(&mut conn, "celery").await;
     assert_eq!(items.len(), 1);
     let expected = vector("ack-emulation/restored_after_visibility_timeout.json");
-    assert_eq!(String::from_utf8_lossy(&items[0]), String::from_utf8_lossy(&expected));
-    let hlen: usize = redis::cmd("HLEN").arg("unacked").query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&items[0]),
+        String::from_utf8_lossy(&expected)
+    );
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(hlen, 0);
-    let mutex: Option<String> = redis::cmd("GET").arg("unacked_mutex").query_async(&mut conn).await.unwrap();
+    let mutex: Option<String> = redis::cmd("GET")
+        .arg("unacked_mutex")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(mutex, None, "the mutex is released");
     // Acking the stale delivery afterwards is harmless.
     held.ack().await.unwrap();
@@ -221,7 +349,9 @@ async fn visibility_restore_is_byte_identical_to_kombus() {
 async fn consumer_restores_its_own_held_message_after_the_visibility_timeout() {
     let h = setup_with(short_visibility()).await;
     let b = h.any();
-    b.publish(&sample("slow", None), "", "celery").await.unwrap();
+    b.publish(&sample("slow", None), "", "celery")
+        .await
+        .unwrap();
     let mut c = b.consume(&["celery".to_string()], 2).await.unwrap();
     let first = recv(&mut c).await;
     let again = recv(&mut c).await; // brought back by the background restore
@@ -266,10 +396,18 @@ async fn sigkill_at_any_point_loses_nothing() {
     let mut conn = conn_of(&h);
     let b = h.any();
     for i in 0..3 {
-        b.publish(&sample(&format!("k{i}"), None), "", "crashq").await.unwrap();
+        b.publish(&sample(&format!("k{i}"), None), "", "crashq")
+            .await
+            .unwrap();
     }
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("CELERIAC_CRASH_CHILD", "1")
         .stdout(Stdio::piped())
         .spawn()
@@ -285,13 +423,23 @@ async fn sigkill_at_any_point_loses_nothing() {
             .find_map(|l| l.split_once("HELD ").map(|(_, tag)| tag.trim().to_string()));
         let _ = tx.send(held);
     });
-    let held = rx.recv_timeout(Duration::from_secs(30)).expect("child timed out").expect("child printed no HELD line");
+    let held = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child timed out")
+        .expect("child printed no HELD line");
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
 
     assert_eq!(h.queue_len("crashq").await, 0);
-    let hlen: usize = redis::cmd("HLEN").arg("unacked").query_async(&mut conn).await.unwrap();
-    assert_eq!(hlen, 3, "the held and the prefetched messages are all in unacked");
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        hlen, 3,
+        "the held and the prefetched messages are all in unacked"
+    );
 
     let survivor = AnyBroker::Redis(broker(short_visibility()).await);
     let mut c = survivor.consume(&["crashq".to_string()], 3).await.unwrap();
@@ -308,7 +456,11 @@ async fn sigkill_at_any_point_loses_nothing() {
     ids.sort();
     assert_eq!(ids, ["k0", "k1", "k2"]);
     c.close().await.unwrap();
-    let hlen: usize = redis::cmd("HLEN").arg("unacked").query_async(&mut conn).await.unwrap();
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(hlen, 0);
 }
 
@@ -316,7 +468,9 @@ async fn sigkill_at_any_point_loses_nothing() {
 async fn dropped_consumer_loses_nothing() {
     let h = setup().await;
     let b = h.any();
-    b.publish(&sample("dropped", None), "", "celery").await.unwrap();
+    b.publish(&sample("dropped", None), "", "celery")
+        .await
+        .unwrap();
     let mut c = b.consume(&["celery".to_string()], 1).await.unwrap();
     let d = recv(&mut c).await;
     let tag = d.delivery_tag().to_string();
@@ -339,9 +493,17 @@ async fn undecodable_envelopes_go_to_the_dead_letter_list() {
     let no_tag = br#"{"body": "e30=", "properties": {"delivery_info": {"exchange": "", "routing_key": "celery"}}}"#.to_vec();
     let bad_b64 = br#"{"body": "@@@", "content-type": "application/json", "headers": {}, "properties": {"delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "bad-b64-tag"}}"#.to_vec();
     for raw in [&not_json, &no_tag, &bad_b64] {
-        let _: () = redis::cmd("LPUSH").arg("celery").arg(raw).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("LPUSH")
+            .arg("celery")
+            .arg(raw)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
-    h.any().publish(&sample("good", None), "", "celery").await.unwrap();
+    h.any()
+        .publish(&sample("good", None), "", "celery")
+        .await
+        .unwrap();
     let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
     let d = recv(&mut c).await;
     assert_eq!(conformance::id_of(&d), "good");
@@ -349,9 +511,19 @@ async fn undecodable_envelopes_go_to_the_dead_letter_list() {
 
     let dead = lrange(&mut conn, "celeriac.dead_letter").await;
     assert_eq!(dead.len(), 3);
-    let entries: Vec<Value> = dead.iter().rev().map(|e| serde_json::from_slice(e).unwrap()).collect();
-    let reasons: Vec<&str> = entries.iter().map(|e| e["reason"].as_str().unwrap()).collect();
-    assert!(reasons[0].starts_with("envelope is not valid JSON"), "{reasons:?}");
+    let entries: Vec<Value> = dead
+        .iter()
+        .rev()
+        .map(|e| serde_json::from_slice(e).unwrap())
+        .collect();
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].starts_with("envelope is not valid JSON"),
+        "{reasons:?}"
+    );
     assert!(reasons[1].contains("delivery_tag"), "{reasons:?}");
     assert!(reasons[2].contains("base64"), "{reasons:?}");
     for (e, raw) in entries.iter().zip([&not_json, &no_tag, &bad_b64]) {
@@ -359,12 +531,26 @@ async fn undecodable_envelopes_go_to_the_dead_letter_list() {
         assert_eq!(keys, ["reason", "queue", "received_at", "envelope"]);
         assert_eq!(e["queue"], json!("celery"));
         assert!(e["received_at"].as_f64().unwrap() > 1.7e9);
-        let text: String = raw.utf8_chunks().flat_map(|c| {
-            c.valid().chars().chain(c.invalid().iter().map(|b| char::from(*b))).collect::<Vec<_>>()
-        }).collect();
-        assert_eq!(e["envelope"].as_str().unwrap(), text, "the original text is kept");
+        let text: String = raw
+            .utf8_chunks()
+            .flat_map(|c| {
+                c.valid()
+                    .chars()
+                    .chain(c.invalid().iter().map(|b| char::from(*b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            e["envelope"].as_str().unwrap(),
+            text,
+            "the original text is kept"
+        );
     }
-    assert_eq!(h.unacked_len().await, 0, "dead-lettered messages are settled");
+    assert_eq!(
+        h.unacked_len().await,
+        0,
+        "dead-lettered messages are settled"
+    );
     assert_eq!(h.queue_len("celery").await, 0);
     c.close().await.unwrap();
 }
@@ -376,8 +562,15 @@ async fn consume_declares_bindings_like_a_celery_worker() {
     let c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
     let expected: Value = serde_json::from_slice(&vector("broker/db0_after_publish.json")).unwrap();
     for key in ["_kombu.binding.celery", "_kombu.binding_permanent.celery"] {
-        let members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await.unwrap();
-        let want = expected[key]["value"][0].as_str().unwrap().replace("\\x06\\x16", "\x06\x16");
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let want = expected[key]["value"][0]
+            .as_str()
+            .unwrap()
+            .replace("\\x06\\x16", "\x06\x16");
         assert_eq!(members, [want]);
     }
     assert_eq!(h.any().describe(), "redis://127.0.0.1:6379/5");
@@ -419,11 +612,19 @@ async fn python_kombu_consumes_and_restores_what_rust_published() {
     b.publish(&msg, "", "celery").await.unwrap();
     let out = python(PY_GET_AND_RESTORE, &[URL, "celery"]);
     let seen: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(seen["body"].as_str().unwrap()).unwrap(), msg.body);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(seen["body"].as_str().unwrap())
+            .unwrap(),
+        msg.body
+    );
     assert_eq!(seen["headers"], Value::Object(msg.headers.clone()));
     assert_eq!(seen["content_type"], json!("application/json"));
     assert_eq!(seen["content_encoding"], json!("utf-8"));
-    assert_eq!(seen["delivery_info"], json!({"exchange": "", "routing_key": "celery"}));
+    assert_eq!(
+        seen["delivery_info"],
+        json!({"exchange": "", "routing_key": "celery"})
+    );
     let mut props = msg.properties.clone();
     props.insert("priority".into(), json!(4));
     assert_eq!(seen["properties"], Value::Object(props));
@@ -446,7 +647,9 @@ async fn python_restore_visible_restores_what_rust_holds() {
     let h = setup().await;
     let mut conn = conn_of(&h);
     let b = h.any();
-    b.publish(&sample("held-by-rust", None), "", "celery").await.unwrap();
+    b.publish(&sample("held-by-rust", None), "", "celery")
+        .await
+        .unwrap();
     let mut c: Consumer = b.consume(&["celery".to_string()], 1).await.unwrap();
     let d = recv(&mut c).await;
     let tag = d.delivery_tag().to_string();
@@ -458,7 +661,10 @@ async fn python_restore_visible_restores_what_rust_holds() {
     let env: Value = serde_json::from_slice(&items[0]).unwrap();
     assert_eq!(env["properties"]["delivery_tag"], json!(tag));
     assert_eq!(env["headers"]["redelivered"], json!(true));
-    assert_eq!(env["properties"]["delivery_info"]["redelivered"], json!(true));
+    assert_eq!(
+        env["properties"]["delivery_info"]["redelivered"],
+        json!(true)
+    );
     assert_eq!(h.unacked_len().await, 0);
     // The stale delivery can still be acked; the restored copy comes back to Rust.
     d.ack().await.unwrap();
