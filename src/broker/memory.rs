@@ -80,9 +80,17 @@ impl MemoryBroker {
         let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
         let shared = registry
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(Shared { state: Mutex::new(State::default()), pushed: Notify::new() }))
+            .or_insert_with(|| {
+                Arc::new(Shared {
+                    state: Mutex::new(State::default()),
+                    pushed: Notify::new(),
+                })
+            })
             .clone();
-        MemoryBroker { name: name.to_string(), shared }
+        MemoryBroker {
+            name: name.to_string(),
+            shared,
+        }
     }
 
     /// `memory://<name>`.
@@ -92,7 +100,11 @@ impl MemoryBroker {
 
     /// Messages waiting in `queue` (all priorities), not counting unsettled deliveries.
     pub fn queue_len(&self, queue: &str) -> usize {
-        self.shared.lock().queues.get(queue).map_or(0, |l| l.iter().map(VecDeque::len).sum())
+        self.shared
+            .lock()
+            .queues
+            .get(queue)
+            .map_or(0, |l| l.iter().map(VecDeque::len).sum())
     }
 
     /// Messages taken and not yet settled.
@@ -117,7 +129,12 @@ impl MemoryBroker {
 
     /// Publish like the Redis transport: a fresh uuid4 delivery tag, `delivery_info` set,
     /// `properties.priority` filled in (0) when missing.
-    pub fn publish(&self, msg: &RawMessage, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+    pub fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
         let mut st = self.shared.lock();
         let queues: Vec<String> = if exchange.is_empty() {
             vec![routing_key.to_string()]
@@ -125,18 +142,28 @@ impl MemoryBroker {
             let mut qs: Vec<String> = st
                 .bindings
                 .get(exchange)
-                .map(|t| t.iter().filter(|(rk, _)| rk == routing_key).map(|(_, q)| q.clone()).collect())
+                .map(|t| {
+                    t.iter()
+                        .filter(|(rk, _)| rk == routing_key)
+                        .map(|(_, q)| q.clone())
+                        .collect()
+                })
                 .unwrap_or_default();
             qs.dedup();
             qs
         };
         if queues.is_empty() {
-            return Err(BrokerError::Unroutable { exchange: exchange.into(), routing_key: routing_key.into() });
+            return Err(BrokerError::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
         }
         let mut message = msg.clone();
         let priority = message_priority(&message.properties);
         if !matches!(message.properties.get("priority"), Some(Value::Number(_))) {
-            message.properties.insert("priority".into(), Value::from(priority));
+            message
+                .properties
+                .insert("priority".into(), Value::from(priority));
         }
         message.delivery_info.exchange = exchange.to_string();
         message.delivery_info.routing_key = routing_key.to_string();
@@ -144,7 +171,14 @@ impl MemoryBroker {
         message.delivery_info.redelivered = false;
         let tag = uuid::Uuid::new_v4().to_string();
         for q in &queues {
-            st.push(q, Stored { tag: tag.clone(), message: message.clone() }, false);
+            st.push(
+                q,
+                Stored {
+                    tag: tag.clone(),
+                    message: message.clone(),
+                },
+                false,
+            );
         }
         drop(st);
         self.shared.pushed.notify_waiters();
@@ -153,21 +187,33 @@ impl MemoryBroker {
 
     /// Consume `queues` with at most `prefetch` unsettled deliveries (0 = no limit).
     /// Binds each queue to the exchange of the same name, as a Celery worker declares it.
-    pub fn consume(&self, queues: &[String], prefetch: usize) -> Result<MemoryConsumer, BrokerError> {
+    pub fn consume(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<MemoryConsumer, BrokerError> {
         if queues.is_empty() {
             return Err(BrokerError::NoQueues);
         }
         for q in queues {
             self.bind(q, q, q);
         }
-        let permits = if prefetch == 0 { Semaphore::MAX_PERMITS } else { prefetch };
+        let permits = if prefetch == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            prefetch
+        };
         let mut cycle: Vec<String> = Vec::new();
         for q in queues {
             if !cycle.contains(q) {
                 cycle.push(q.clone());
             }
         }
-        Ok(MemoryConsumer { broker: self.clone(), cycle, slots: Arc::new(Semaphore::new(permits)) })
+        Ok(MemoryConsumer {
+            broker: self.clone(),
+            cycle,
+            slots: Arc::new(Semaphore::new(permits)),
+        })
     }
 
     fn take(&self, cycle: &[String]) -> Option<(String, Stored)> {
@@ -176,7 +222,8 @@ impl MemoryBroker {
             for q in cycle {
                 let popped = st.queues.get_mut(q).and_then(|lists| lists[idx].pop_back());
                 if let Some(stored) = popped {
-                    st.unacked.insert(stored.tag.clone(), (q.clone(), stored.message.clone()));
+                    st.unacked
+                        .insert(stored.tag.clone(), (q.clone(), stored.message.clone()));
                     return Some((q.clone(), stored));
                 }
             }
@@ -197,7 +244,12 @@ impl MemoryConsumer {
     /// The next delivery; waits for a free prefetch slot, then for a message.
     /// Cancel-safe: the message is taken without any await before it is returned.
     pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| BrokerError::Closed)?;
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BrokerError::Closed)?;
         loop {
             // Register for the wake-up before looking, so a push between the look and the
             // wait is not missed.
@@ -206,8 +258,15 @@ impl MemoryConsumer {
             pushed.as_mut().enable();
             if let Some((queue, stored)) = self.broker.take(&self.cycle) {
                 rotate(&mut self.cycle, &queue);
-                let acker = Acker::Memory(MemoryAcker { shared: self.broker.shared.clone() });
-                return Ok(Delivery::new(stored.message, stored.tag, acker, Some(permit)));
+                let acker = Acker::Memory(MemoryAcker {
+                    shared: self.broker.shared.clone(),
+                });
+                return Ok(Delivery::new(
+                    stored.message,
+                    stored.tag,
+                    acker,
+                    Some(permit),
+                ));
             }
             pushed.await;
         }
@@ -234,10 +293,21 @@ impl MemoryAcker {
     /// the front (RPUSH). Redelivered flags as kombu's restore sets them.
     pub(crate) fn restore(&self, tag: &str, requeue: bool) {
         let mut st = self.shared.lock();
-        let Some((queue, mut message)) = st.unacked.remove(tag) else { return };
-        message.headers.insert("redelivered".into(), Value::Bool(true));
+        let Some((queue, mut message)) = st.unacked.remove(tag) else {
+            return;
+        };
+        message
+            .headers
+            .insert("redelivered".into(), Value::Bool(true));
         message.delivery_info.redelivered = true;
-        st.push(&queue, Stored { tag: tag.to_string(), message }, !requeue);
+        st.push(
+            &queue,
+            Stored {
+                tag: tag.to_string(),
+                message,
+            },
+            !requeue,
+        );
         drop(st);
         self.shared.pushed.notify_waiters();
     }

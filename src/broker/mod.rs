@@ -104,7 +104,10 @@ pub struct BrokerOptions {
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { visibility_timeout: Duration::from_secs(3600), restore_interval: Duration::from_secs(10) }
+        BrokerOptions {
+            visibility_timeout: Duration::from_secs(3600),
+            restore_interval: Duration::from_secs(10),
+        }
     }
 }
 
@@ -129,7 +132,12 @@ impl AnyBroker {
     /// Publish exactly as kombu does. Exchange `""` (the default exchange): the routing key
     /// is the queue. A named exchange: the queues bound with an equal routing key (Redis:
     /// `_kombu.binding.<exchange>`); none bound is [`BrokerError::Unroutable`].
-    pub async fn publish(&self, msg: &RawMessage, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+    pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.publish(msg, exchange, routing_key),
             AnyBroker::Redis(b) => b.publish(msg, exchange, routing_key).await,
@@ -139,7 +147,11 @@ impl AnyBroker {
     /// Start consuming `queues`; at most `prefetch` deliveries are held un-settled at once
     /// (`0` means no limit, as kombu's `prefetch_count=0`). Like a kombu worker, this binds
     /// each queue to the direct exchange of the same name.
-    pub async fn consume(&self, queues: &[String], prefetch: usize) -> Result<Consumer, BrokerError> {
+    pub async fn consume(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<Consumer, BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.consume(queues, prefetch).map(Consumer::Memory),
             AnyBroker::Redis(b) => b.consume(queues, prefetch).await.map(Consumer::Redis),
@@ -206,13 +218,26 @@ pub struct Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").field("tag", &self.tag).field("message", &self.message).finish_non_exhaustive()
+        f.debug_struct("Delivery")
+            .field("tag", &self.tag)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
     }
 }
 
 impl Delivery {
-    pub(crate) fn new(message: RawMessage, tag: String, acker: Acker, permit: Option<OwnedSemaphorePermit>) -> Self {
-        Delivery { message, tag, acker: Some(acker), _permit: permit }
+    pub(crate) fn new(
+        message: RawMessage,
+        tag: String,
+        acker: Acker,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Delivery {
+            message,
+            tag,
+            acker: Some(acker),
+            _permit: permit,
+        }
     }
 
     /// The broker's delivery tag (Redis: the uuid4 `properties.delivery_tag` of the envelope).
@@ -312,7 +337,10 @@ pub(crate) fn message_priority(properties: &Map<String, Value>) -> u8 {
 
 /// Index into [`PRIORITY_STEPS`] for a priority (kombu's `priority(n)`: the greatest step <= n).
 pub(crate) fn priority_index(priority: u8) -> usize {
-    PRIORITY_STEPS.iter().rposition(|s| *s <= priority).unwrap_or(0)
+    PRIORITY_STEPS
+        .iter()
+        .rposition(|s| *s <= priority)
+        .unwrap_or(0)
 }
 
 /// kombu's `_queue_cycle.rotate(last_used)`: the queue that delivered moves to the end.
@@ -326,7 +354,9 @@ pub(crate) fn rotate(cycle: &mut Vec<String>, used: &str) {
 /// Set the redelivered flags kombu's `_do_restore_message` sets. As in kombu, a message
 /// without headers gets neither flag (its KeyError skips both).
 pub(crate) fn mark_redelivered(envelope: &mut Value) {
-    let Some(obj) = envelope.as_object_mut() else { return };
+    let Some(obj) = envelope.as_object_mut() else {
+        return;
+    };
     match obj.get_mut("headers").and_then(Value::as_object_mut) {
         Some(h) => {
             h.insert("redelivered".into(), Value::Bool(true));
@@ -383,7 +413,8 @@ mod tests {
 
     #[test]
     fn redelivered_flags_are_appended() {
-        let mut v = json!({"headers": {"a": 1}, "properties": {"delivery_info": {"exchange": ""}, "x": 1}});
+        let mut v =
+            json!({"headers": {"a": 1}, "properties": {"delivery_info": {"exchange": ""}, "x": 1}});
         mark_redelivered(&mut v);
         assert_eq!(
             crate::protocol::kombu::to_python_json(&v),
@@ -397,6 +428,9 @@ mod tests {
     #[test]
     fn lossless_text_maps_invalid_bytes_to_latin1() {
         assert_eq!(lossless_text("é".as_bytes()), "é");
-        assert_eq!(lossless_text(&[b'a', 0xff, 0xe2, 0x82, b'b']), "a\u{ff}\u{e2}\u{82}b");
+        assert_eq!(
+            lossless_text(&[b'a', 0xff, 0xe2, 0x82, b'b']),
+            "a\u{ff}\u{e2}\u{82}b"
+        );
     }
 }

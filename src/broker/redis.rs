@@ -52,7 +52,9 @@ use super::{
 use crate::protocol::kombu::to_python_json;
 use crate::protocol::{DeliveryInfo, RawMessage};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use ::redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+use ::redis::{
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script,
+};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::sync::{Arc, LazyLock};
@@ -89,7 +91,8 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("red
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
 fn redis_err(command: &'static str) -> impl FnOnce(::redis::RedisError) -> BrokerError {
@@ -98,11 +101,17 @@ fn redis_err(command: &'static str) -> impl FnOnce(::redis::RedisError) -> Broke
 
 /// kombu's `_q_for_pri`: the list key of `queue` for a priority step.
 pub fn queue_key(queue: &str, step: u8) -> String {
-    if step == 0 { queue.to_string() } else { format!("{queue}{SEP}{step}") }
+    if step == 0 {
+        queue.to_string()
+    } else {
+        format!("{queue}{SEP}{step}")
+    }
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A float as Python's `repr` writes it (what kombu sends as ZADD scores).
@@ -129,7 +138,10 @@ impl RedisBroker {
         if url.tls {
             return Err(BrokerError::TlsUnavailable);
         }
-        let connect_err = |source| BrokerError::Connect { url: url.masked(), source };
+        let connect_err = |source| BrokerError::Connect {
+            url: url.masked(),
+            source,
+        };
         let mut settings = RedisConnectionInfo::default().set_db(url.db);
         if let Some(u) = &url.username {
             settings = settings.set_username(u);
@@ -145,8 +157,17 @@ impl RedisBroker {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await.map_err(connect_err)?;
-        Ok(RedisBroker { inner: Arc::new(Inner { client, conn, opts, url }) })
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(connect_err)?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                opts,
+                url,
+            }),
+        })
     }
 
     /// `redis://[:**@]host:port/db`.
@@ -160,10 +181,18 @@ impl RedisBroker {
 
     /// Publish as kombu's `Channel.basic_publish` + `_put` do: `LPUSH` of the envelope to the
     /// priority key of every target queue (see [`AnyBroker::publish`](super::AnyBroker::publish)).
-    pub async fn publish(&self, msg: &RawMessage, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+    pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
         let queues = self.lookup(exchange, routing_key).await?;
         if queues.is_empty() {
-            return Err(BrokerError::Unroutable { exchange: exchange.into(), routing_key: routing_key.into() });
+            return Err(BrokerError::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
         }
         let tag = uuid::Uuid::new_v4().to_string();
         let envelope = envelope(msg, exchange, routing_key, &tag);
@@ -173,7 +202,9 @@ impl RedisBroker {
         for q in &queues {
             pipe.lpush(queue_key(q, step), &text).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(redis_err("LPUSH"))
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_err("LPUSH"))
     }
 
     /// kombu's `_lookup`: exchange `""` routes to the queue named by the routing key; a
@@ -192,7 +223,9 @@ impl RedisBroker {
         for m in members {
             let m = String::from_utf8_lossy(&m);
             let mut parts = m.split(SEP);
-            let (Some(rk), Some(_pattern), Some(queue)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(rk), Some(_pattern), Some(queue)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             if rk == routing_key && !queues.iter().any(|q| q == queue) {
@@ -224,13 +257,20 @@ impl RedisBroker {
         for step in PRIORITY_STEPS {
             pipe.llen(queue_key(queue, step));
         }
-        let sizes: Vec<usize> = pipe.query_async(&mut self.conn()).await.map_err(redis_err("LLEN"))?;
+        let sizes: Vec<usize> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err("LLEN"))?;
         Ok(sizes.into_iter().sum())
     }
 
     /// Start consuming: declares the queues, restores visible messages now and every
     /// `restore_interval`, and fetches in the background within `prefetch` (0 = no limit).
-    pub async fn consume(&self, queues: &[String], prefetch: usize) -> Result<RedisConsumer, BrokerError> {
+    pub async fn consume(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<RedisConsumer, BrokerError> {
         if queues.is_empty() {
             return Err(BrokerError::NoQueues);
         }
@@ -241,16 +281,30 @@ impl RedisBroker {
                 cycle.push(q.clone());
             }
         }
-        let permits = if prefetch == 0 { Semaphore::MAX_PERMITS } else { prefetch.min(Semaphore::MAX_PERMITS) };
+        let permits = if prefetch == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            prefetch.min(Semaphore::MAX_PERMITS)
+        };
         // One extra slot for an error report: deliveries alone never exceed the permits, so
         // the fetcher's sends never wait.
         let (tx, rx) = mpsc::channel(permits.saturating_add(1).min(Semaphore::MAX_PERMITS));
         let (stop_tx, stop_rx) = watch::channel(false);
         // Restore first, as kombu does when a consumer starts, then keep doing it.
         let restorer = tokio::spawn(restore_loop(self.clone(), stop_rx.clone()));
-        let fetcher =
-            tokio::spawn(fetch_loop(self.clone(), cycle, Arc::new(Semaphore::new(permits)), tx, stop_rx));
-        Ok(RedisConsumer { rx, stop: stop_tx, fetcher: Some(fetcher), restorer: Some(restorer) })
+        let fetcher = tokio::spawn(fetch_loop(
+            self.clone(),
+            cycle,
+            Arc::new(Semaphore::new(permits)),
+            tx,
+            stop_rx,
+        ));
+        Ok(RedisConsumer {
+            rx,
+            stop: stop_tx,
+            fetcher: Some(fetcher),
+            restorer: Some(restorer),
+        })
     }
 
     /// Run the take script once over the keys of `cycle` in kombu's BRPOP order.
@@ -269,18 +323,35 @@ impl RedisBroker {
         for q in &queues {
             inv.arg(*q);
         }
-        let reply: Option<(i64, usize, Vec<u8>)> =
-            inv.invoke_async(&mut self.conn()).await.map_err(redis_err("EVALSHA take"))?;
-        let Some((kind, index, payload)) = reply else { return Ok(Taken::Nothing) };
+        let reply: Option<(i64, usize, Vec<u8>)> = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err("EVALSHA take"))?;
+        let Some((kind, index, payload)) = reply else {
+            return Ok(Taken::Nothing);
+        };
         let queue = index
             .checked_sub(1)
             .and_then(|i| queues.get(i))
             .map(|q| q.to_string())
-            .ok_or_else(|| BrokerError::UnexpectedReply { command: "EVALSHA take", detail: format!("key index {index}") })?;
+            .ok_or_else(|| BrokerError::UnexpectedReply {
+                command: "EVALSHA take",
+                detail: format!("key index {index}"),
+            })?;
         match kind {
-            1 => Ok(Taken::Message { queue, envelope: payload, received_at: now }),
-            2 => Ok(Taken::DeadLettered { queue, reason: String::from_utf8_lossy(&payload).into_owned() }),
-            other => Err(BrokerError::UnexpectedReply { command: "EVALSHA take", detail: format!("kind {other}") }),
+            1 => Ok(Taken::Message {
+                queue,
+                envelope: payload,
+                received_at: now,
+            }),
+            2 => Ok(Taken::DeadLettered {
+                queue,
+                reason: String::from_utf8_lossy(&payload).into_owned(),
+            }),
+            other => Err(BrokerError::UnexpectedReply {
+                command: "EVALSHA take",
+                detail: format!("kind {other}"),
+            }),
         }
     }
 
@@ -303,7 +374,11 @@ impl RedisBroker {
             return Ok(0);
         }
         let result = self.restore_visible_locked().await;
-        let released: Result<i64, _> = UNLOCK.key(UNACKED_MUTEX).arg(&token).invoke_async(&mut conn).await;
+        let released: Result<i64, _> = UNLOCK
+            .key(UNACKED_MUTEX)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await;
         if let Err(e) = released {
             tracing::warn!(error = %e, "could not release unacked_mutex; it expires by itself");
         }
@@ -337,7 +412,10 @@ impl RedisBroker {
             }
         }
         if restored > 0 {
-            tracing::info!(restored, "restored unacknowledged messages past the visibility timeout");
+            tracing::info!(
+                restored,
+                "restored unacknowledged messages past the visibility timeout"
+            );
         }
         Ok(restored)
     }
@@ -367,8 +445,14 @@ impl RedisBroker {
                 return Ok(false);
             };
             let (keys, command, payload) = match self.plan_restore(&raw).await? {
-                RestorePlan::Push { keys, payload } => (keys, if leftmost { "LPUSH" } else { "RPUSH" }, payload),
-                RestorePlan::DeadLetter { reason, queue, envelope } => {
+                RestorePlan::Push { keys, payload } => {
+                    (keys, if leftmost { "LPUSH" } else { "RPUSH" }, payload)
+                }
+                RestorePlan::DeadLetter {
+                    reason,
+                    queue,
+                    envelope,
+                } => {
                     tracing::error!(delivery_tag = %tag, %reason, "unacked message cannot be restored; dead-lettered");
                     let entry = dead_letter_entry(&reason, &queue, now_secs(), &envelope);
                     (vec![DEAD_LETTER_KEY.to_string()], "LPUSH", entry)
@@ -380,7 +464,10 @@ impl RedisBroker {
                 inv.key(k);
             }
             inv.arg(tag).arg(&raw).arg(command).arg(payload);
-            let done: i64 = inv.invoke_async(&mut conn).await.map_err(redis_err("EVALSHA settle"))?;
+            let done: i64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err("EVALSHA settle"))?;
             if done == 1 {
                 return Ok(true);
             }
@@ -391,18 +478,22 @@ impl RedisBroker {
 
     /// What restoring an `unacked` value `[envelope, exchange, routing_key]` pushes where.
     async fn plan_restore(&self, raw: &[u8]) -> Result<RestorePlan, BrokerError> {
-        let parsed: Option<(Value, String, String)> = serde_json::from_slice::<Value>(raw).ok().and_then(|v| match v {
-            Value::Array(mut a) if a.len() == 3 => {
-                let rk = a.pop()?;
-                let ex = a.pop()?;
-                let m = a.pop()?;
-                match (m, ex, rk) {
-                    (m @ Value::Object(_), Value::String(ex), Value::String(rk)) => Some((m, ex, rk)),
-                    _ => None,
+        let parsed: Option<(Value, String, String)> = serde_json::from_slice::<Value>(raw)
+            .ok()
+            .and_then(|v| match v {
+                Value::Array(mut a) if a.len() == 3 => {
+                    let rk = a.pop()?;
+                    let ex = a.pop()?;
+                    let m = a.pop()?;
+                    match (m, ex, rk) {
+                        (m @ Value::Object(_), Value::String(ex), Value::String(rk)) => {
+                            Some((m, ex, rk))
+                        }
+                        _ => None,
+                    }
                 }
-            }
-            _ => None,
-        });
+                _ => None,
+            });
         let Some((mut message, exchange, routing_key)) = parsed else {
             return Ok(RestorePlan::DeadLetter {
                 reason: "unacked entry is not [envelope, exchange, routing_key]".into(),
@@ -414,7 +505,9 @@ impl RedisBroker {
         if queues.is_empty() {
             // kombu would drop it (no queue matched); keep it instead.
             return Ok(RestorePlan::DeadLetter {
-                reason: format!("no queue bound to exchange {exchange:?} with routing key {routing_key:?}"),
+                reason: format!(
+                    "no queue bound to exchange {exchange:?} with routing key {routing_key:?}"
+                ),
                 queue: routing_key,
                 envelope: to_python_json(&message).into_bytes(),
             });
@@ -429,18 +522,36 @@ impl RedisBroker {
 }
 
 enum RestorePlan {
-    Push { keys: Vec<String>, payload: String },
-    DeadLetter { reason: String, queue: String, envelope: Vec<u8> },
+    Push {
+        keys: Vec<String>,
+        payload: String,
+    },
+    DeadLetter {
+        reason: String,
+        queue: String,
+        envelope: Vec<u8>,
+    },
 }
 
 enum Taken {
     Nothing,
-    Message { queue: String, envelope: Vec<u8>, received_at: f64 },
-    DeadLettered { queue: String, reason: String },
+    Message {
+        queue: String,
+        envelope: Vec<u8>,
+        received_at: f64,
+    },
+    DeadLettered {
+        queue: String,
+        reason: String,
+    },
 }
 
 fn msg_props(envelope: &Value) -> Map<String, Value> {
-    envelope.get("properties").and_then(Value::as_object).cloned().unwrap_or_default()
+    envelope
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The dead-letter list element: `{"reason", "queue", "received_at", "envelope"}`.
@@ -459,7 +570,10 @@ fn dead_letter_entry(reason: &str, queue: &str, received_at: f64, envelope: &[u8
 pub fn envelope(msg: &RawMessage, exchange: &str, routing_key: &str, delivery_tag: &str) -> Value {
     let mut props = Map::new();
     for (k, v) in &msg.properties {
-        if !matches!(k.as_str(), "delivery_info" | "priority" | "body_encoding" | "delivery_tag") {
+        if !matches!(
+            k.as_str(),
+            "delivery_info" | "priority" | "body_encoding" | "delivery_tag"
+        ) {
             props.insert(k.clone(), v.clone());
         }
     }
@@ -475,10 +589,19 @@ pub fn envelope(msg: &RawMessage, exchange: &str, routing_key: &str, delivery_ta
     props.insert("priority".into(), priority);
     props.insert("body_encoding".into(), Value::from("base64"));
     props.insert("delivery_tag".into(), Value::from(delivery_tag));
-    let text_or_null = |s: &str| if s.is_empty() { Value::Null } else { Value::from(s) };
+    let text_or_null = |s: &str| {
+        if s.is_empty() {
+            Value::Null
+        } else {
+            Value::from(s)
+        }
+    };
     let mut env = Map::new();
     env.insert("body".into(), Value::from(BASE64.encode(&msg.body)));
-    env.insert("content-encoding".into(), text_or_null(&msg.content_encoding));
+    env.insert(
+        "content-encoding".into(),
+        text_or_null(&msg.content_encoding),
+    );
     env.insert("content-type".into(), text_or_null(&msg.content_type));
     env.insert("headers".into(), Value::Object(msg.headers.clone()));
     env.insert("properties".into(), Value::Object(props));
@@ -489,8 +612,11 @@ pub fn envelope(msg: &RawMessage, exchange: &str, routing_key: &str, delivery_ta
 /// base64-decoded when `body_encoding` is `base64`, transport keys taken out of the
 /// properties. The error is a reason for the dead-letter list.
 pub fn decode_envelope(bytes: &[u8]) -> Result<RawMessage, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("envelope is not valid JSON: {e}"))?;
-    let Value::Object(mut env) = v else { return Err("envelope is not a JSON object".into()) };
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("envelope is not valid JSON: {e}"))?;
+    let Value::Object(mut env) = v else {
+        return Err("envelope is not a JSON object".into());
+    };
     let Some(Value::Object(mut props)) = env.remove("properties") else {
         return Err("envelope has no properties object".into());
     };
@@ -500,9 +626,9 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<RawMessage, String> {
     let body = match env.remove("body") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => match body_encoding {
-            Some(Value::String(e)) if e == "base64" => {
-                BASE64.decode(s.as_bytes()).map_err(|e| format!("body is not valid base64: {e}"))?
-            }
+            Some(Value::String(e)) if e == "base64" => BASE64
+                .decode(s.as_bytes())
+                .map_err(|e| format!("body is not valid base64: {e}"))?,
             None | Some(Value::Null) => s.into_bytes(),
             Some(other) => return Err(format!("unsupported body_encoding {other}")),
         },
@@ -524,12 +650,33 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<RawMessage, String> {
     };
     let mut delivery_info = DeliveryInfo::default();
     if let Some(Value::Object(di)) = di {
-        delivery_info.exchange = di.get("exchange").and_then(Value::as_str).unwrap_or_default().to_string();
-        delivery_info.routing_key = di.get("routing_key").and_then(Value::as_str).unwrap_or_default().to_string();
-        delivery_info.redelivered = di.get("redelivered").and_then(Value::as_bool).unwrap_or(false);
+        delivery_info.exchange = di
+            .get("exchange")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        delivery_info.routing_key = di
+            .get("routing_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        delivery_info.redelivered = di
+            .get("redelivered")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
     }
-    delivery_info.priority = props.get("priority").and_then(Value::as_u64).and_then(|p| u8::try_from(p).ok());
-    Ok(RawMessage { body, content_type, content_encoding, headers, properties: props, delivery_info })
+    delivery_info.priority = props
+        .get("priority")
+        .and_then(Value::as_u64)
+        .and_then(|p| u8::try_from(p).ok());
+    Ok(RawMessage {
+        body,
+        content_type,
+        content_encoding,
+        headers,
+        properties: props,
+        delivery_info,
+    })
 }
 
 /// Redis consumer: a background fetcher (take script + BLMOVE waiters) feeding a channel,
@@ -561,11 +708,17 @@ impl RedisConsumer {
             let _ = r.await;
         }
         self.rx.close();
-        let mut first_err = None;
+        let mut fetched = Vec::new();
         while let Some(item) = self.rx.recv().await {
-            if let Ok(delivery) = item
-                && let Err(e) = delivery.restore().await
-            {
+            if let Ok(delivery) = item {
+                fetched.push(delivery);
+            }
+        }
+        // Each restore RPUSHes to the front, so restoring the last-fetched first leaves the
+        // queue in its original order (kombu restores in fetch order and so reverses them).
+        let mut first_err = None;
+        for delivery in fetched.into_iter().rev() {
+            if let Err(e) = delivery.restore().await {
                 tracing::error!(error = %e, "could not restore a prefetched message on close");
                 first_err.get_or_insert(e);
             }
@@ -647,7 +800,12 @@ async fn fetch_loop(
     let mut waiters = Waiters(Vec::new());
     for step in PRIORITY_STEPS {
         for q in &cycle {
-            let task = wait_loop(broker.inner.client.clone(), queue_key(q, step), arm.subscribe(), wake.clone());
+            let task = wait_loop(
+                broker.inner.client.clone(),
+                queue_key(q, step),
+                arm.subscribe(),
+                wake.clone(),
+            );
             waiters.0.push(tokio::spawn(task));
         }
     }
@@ -662,7 +820,11 @@ async fn fetch_loop(
         // The take itself is never cancelled: once the script has run, its message must reach
         // the channel (or be restored), not vanish into `unacked`.
         match broker.take(&cycle).await {
-            Ok(Taken::Message { queue, envelope, received_at }) => {
+            Ok(Taken::Message {
+                queue,
+                envelope,
+                received_at,
+            }) => {
                 error_reported = false;
                 rotate(&mut cycle, &queue);
                 deliver(&broker, &tx, queue, envelope, received_at, permit).await;
@@ -713,9 +875,18 @@ async fn deliver(
     // The script only records envelopes with a string delivery tag, so this finds it.
     let tag = serde_json::from_slice::<Value>(&envelope)
         .ok()
-        .and_then(|v| v.pointer("/properties/delivery_tag").and_then(Value::as_str).map(str::to_string));
+        .and_then(|v| {
+            v.pointer("/properties/delivery_tag")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     let decoded = decode_envelope(&envelope);
-    let acker = RedisAcker { broker: broker.clone(), queue, envelope, received_at };
+    let acker = RedisAcker {
+        broker: broker.clone(),
+        queue,
+        envelope,
+        received_at,
+    };
     let Some(tag) = tag else {
         // JSON that Lua's cjson accepted but serde_json does not (e.g. NaN): the entry is in
         // `unacked` under a tag we cannot read, so the visibility restore will bring it back.
@@ -739,7 +910,12 @@ async fn deliver(
 }
 
 /// Wait for `key` to hold an element, without taking it, each time the fetcher arms us.
-async fn wait_loop(client: ::redis::Client, key: String, mut arm: watch::Receiver<u64>, wake: Arc<Notify>) {
+async fn wait_loop(
+    client: ::redis::Client,
+    key: String,
+    mut arm: watch::Receiver<u64>,
+    wake: Arc<Notify>,
+) {
     // Own connection: a blocked command holds its connection. The response timeout is
     // longer than the block so only a dead connection times out.
     let config = AsyncConnectionConfig::new()
@@ -753,7 +929,10 @@ async fn wait_loop(client: ::redis::Client, key: String, mut arm: watch::Receive
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match client.get_multiplexed_async_connection_with_config(&config).await {
+                None => match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         tracing::debug!(%key, error = %e, "waiter cannot connect; retrying");
@@ -815,23 +994,39 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_a_captured_message_byte_for_byte() {
-        let vector = std::fs::read("/work/shared/vectors/redis/broker/v2_countdown_expires_priority.json").unwrap();
+        let vector =
+            std::fs::read("/work/shared/vectors/redis/broker/v2_countdown_expires_priority.json")
+                .unwrap();
         let raw = decode_envelope(&vector).unwrap();
         assert_eq!(raw.delivery_info.priority, Some(5));
         assert_eq!(raw.delivery_info.routing_key, "celery");
         let original: Value = serde_json::from_slice(&vector).unwrap();
-        let tag = original.pointer("/properties/delivery_tag").unwrap().as_str().unwrap();
+        let tag = original
+            .pointer("/properties/delivery_tag")
+            .unwrap()
+            .as_str()
+            .unwrap();
         let again = to_python_json(&envelope(&raw, "", "celery", tag));
         assert_eq!(again.as_bytes(), vector.as_slice());
     }
 
     #[test]
     fn bad_envelopes_give_reasons() {
-        assert!(decode_envelope(b"{nope").unwrap_err().contains("not valid JSON"));
-        assert!(decode_envelope(br#"{"body": "@@@", "properties": {"body_encoding": "base64"}}"#)
-            .unwrap_err()
-            .contains("base64"));
-        assert!(decode_envelope(br#"{"body": "x"}"#).unwrap_err().contains("properties"));
+        assert!(
+            decode_envelope(b"{nope")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            decode_envelope(br#"{"body": "@@@", "properties": {"body_encoding": "base64"}}"#)
+                .unwrap_err()
+                .contains("base64")
+        );
+        assert!(
+            decode_envelope(br#"{"body": "x"}"#)
+                .unwrap_err()
+                .contains("properties")
+        );
         let raw = decode_envelope(br#"{"body": "plain", "properties": {}}"#).unwrap();
         assert_eq!(raw.body, b"plain");
     }
@@ -839,6 +1034,9 @@ mod tests {
     #[test]
     fn dead_letter_entries_are_python_json() {
         let e = dead_letter_entry("bad \"x\"", "celery", 1.5, b"{\xff");
-        assert_eq!(e, r#"{"reason": "bad \"x\"", "queue": "celery", "received_at": 1.5, "envelope": "{\u00ff"}"#);
+        assert_eq!(
+            e,
+            r#"{"reason": "bad \"x\"", "queue": "celery", "received_at": 1.5, "envelope": "{\u00ff"}"#
+        );
     }
 }

@@ -89,7 +89,11 @@ impl RedisUrl {
             (Some(u), None) => format!("{u}@"),
             (None, None) => String::new(),
         };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!("{scheme}://{creds}{host}:{}/{}", self.port, self.db)
     }
 }
@@ -113,7 +117,9 @@ impl BrokerUrl {
         match scheme.to_ascii_lowercase().as_str() {
             "redis" => parse_redis(rest, false).map(BrokerUrl::Redis),
             "rediss" => parse_redis(rest, true).map(BrokerUrl::Redis),
-            "memory" => Ok(BrokerUrl::Memory { name: rest.to_string() }),
+            "memory" => Ok(BrokerUrl::Memory {
+                name: rest.to_string(),
+            }),
             s @ ("amqp" | "amqps" | "pyamqp") => Err(UrlError::AmqpNotAvailable(s.to_string())),
             other => Err(UrlError::UnsupportedScheme(other.to_string())),
         }
@@ -147,7 +153,11 @@ fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
                 Some((u, p)) => (u, Some(p)),
                 None => (ui, None),
             };
-            let user = if user.is_empty() { None } else { Some(percent_decode(user)?) };
+            let user = if user.is_empty() {
+                None
+            } else {
+                Some(percent_decode(user)?)
+            };
             let pass = match pass {
                 Some(p) if !p.is_empty() => Some(percent_decode(p)?),
                 _ => None,
@@ -160,9 +170,20 @@ fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
     let db = if db_text.is_empty() {
         0
     } else {
-        db_text.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| UrlError::InvalidDb(path.to_string()))?
+        db_text
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| UrlError::InvalidDb(path.to_string()))?
     };
-    Ok(RedisUrl { tls, host, port, db, username, password })
+    Ok(RedisUrl {
+        tls,
+        host,
+        port,
+        db,
+        username,
+        password,
+    })
 }
 
 fn split_host_port(hostport: &str) -> Result<(String, u16), UrlError> {
@@ -185,9 +206,17 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), UrlError> {
     };
     let port = match port {
         None | Some("") => 6379,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| UrlError::InvalidPort(p.to_string()))?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| UrlError::InvalidPort(p.to_string()))?,
     };
-    let host = if host.is_empty() { "localhost".to_string() } else { host };
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
     Ok((host, port))
 }
 
@@ -197,7 +226,9 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(UrlError::InvalidPercentEncoding)?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(UrlError::InvalidPercentEncoding)?;
             let hex = std::str::from_utf8(hex).map_err(|_| UrlError::InvalidPercentEncoding)?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| UrlError::InvalidPercentEncoding)?);
             i += 3;
@@ -223,7 +254,10 @@ mod tests {
     #[test]
     fn redis_defaults() {
         let r = redis("redis://");
-        assert_eq!((r.host.as_str(), r.port, r.db, r.tls), ("localhost", 6379, 0, false));
+        assert_eq!(
+            (r.host.as_str(), r.port, r.db, r.tls),
+            ("localhost", 6379, 0, false)
+        );
         let r = redis("redis://127.0.0.1:6379/0");
         assert_eq!((r.host.as_str(), r.port, r.db), ("127.0.0.1", 6379, 0));
         let r = redis("redis://example.com/7/");
@@ -239,7 +273,10 @@ mod tests {
         assert_eq!(r.masked(), "rediss://bob:**@h:1/2");
         assert!(!format!("{r:?}").contains("p@ss"));
         let r = redis("redis://:secret@h/0");
-        assert_eq!((r.username.clone(), r.password.as_deref()), (None, Some("secret")));
+        assert_eq!(
+            (r.username.clone(), r.password.as_deref()),
+            (None, Some("secret"))
+        );
         assert_eq!(r.masked(), "redis://:**@h:6379/0");
     }
 
@@ -248,27 +285,68 @@ mod tests {
         let r = redis("redis://[::1]:7000/1");
         assert_eq!((r.host.as_str(), r.port, r.db), ("::1", 7000, 1));
         assert_eq!(r.masked(), "redis://[::1]:7000/1");
-        assert_eq!(BrokerUrl::parse("redis://[::1/0"), Err(UrlError::InvalidHost("[::1".into())));
+        assert_eq!(
+            BrokerUrl::parse("redis://[::1/0"),
+            Err(UrlError::InvalidHost("[::1".into()))
+        );
     }
 
     #[test]
     fn memory_urls() {
-        assert_eq!(BrokerUrl::parse("memory://").unwrap(), BrokerUrl::Memory { name: String::new() });
-        assert_eq!(BrokerUrl::parse("memory://x").unwrap(), BrokerUrl::Memory { name: "x".into() });
+        assert_eq!(
+            BrokerUrl::parse("memory://").unwrap(),
+            BrokerUrl::Memory {
+                name: String::new()
+            }
+        );
+        assert_eq!(
+            BrokerUrl::parse("memory://x").unwrap(),
+            BrokerUrl::Memory { name: "x".into() }
+        );
     }
 
     #[test]
     fn errors_never_panic() {
         assert_eq!(BrokerUrl::parse(""), Err(UrlError::Empty));
-        assert!(matches!(BrokerUrl::parse("localhost"), Err(UrlError::MissingScheme(_))));
-        assert!(matches!(BrokerUrl::parse("sqs://x"), Err(UrlError::UnsupportedScheme(_))));
-        assert!(matches!(BrokerUrl::parse("amqp://guest@h//"), Err(UrlError::AmqpNotAvailable(_))));
-        assert!(matches!(BrokerUrl::parse("redis://h:99999/0"), Err(UrlError::InvalidPort(_))));
-        assert!(matches!(BrokerUrl::parse("redis://h:abc/0"), Err(UrlError::InvalidPort(_))));
-        assert!(matches!(BrokerUrl::parse("redis://h/x"), Err(UrlError::InvalidDb(_))));
-        assert!(matches!(BrokerUrl::parse("redis://h/-1"), Err(UrlError::InvalidDb(_))));
-        assert!(matches!(BrokerUrl::parse("redis://:%zz@h/0"), Err(UrlError::InvalidPercentEncoding)));
-        assert!(matches!(BrokerUrl::parse("redis://:%4@h/0"), Err(UrlError::InvalidPercentEncoding)));
-        assert!(matches!(BrokerUrl::parse("redis://:%ff@h/0"), Err(UrlError::InvalidPercentEncoding)));
+        assert!(matches!(
+            BrokerUrl::parse("localhost"),
+            Err(UrlError::MissingScheme(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("sqs://x"),
+            Err(UrlError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("amqp://guest@h//"),
+            Err(UrlError::AmqpNotAvailable(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://h:99999/0"),
+            Err(UrlError::InvalidPort(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://h:abc/0"),
+            Err(UrlError::InvalidPort(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://h/x"),
+            Err(UrlError::InvalidDb(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://h/-1"),
+            Err(UrlError::InvalidDb(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://:%zz@h/0"),
+            Err(UrlError::InvalidPercentEncoding)
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://:%4@h/0"),
+            Err(UrlError::InvalidPercentEncoding)
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("redis://:%ff@h/0"),
+            Err(UrlError::InvalidPercentEncoding)
+        ));
     }
 }

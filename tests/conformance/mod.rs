@@ -17,7 +17,10 @@ pub struct Harness {
 
 pub enum Kind {
     Memory(MemoryBroker),
-    Redis { broker: RedisBroker, conn: redis::aio::MultiplexedConnection },
+    Redis {
+        broker: RedisBroker,
+        conn: redis::aio::MultiplexedConnection,
+    },
 }
 
 impl Harness {
@@ -38,9 +41,11 @@ impl Harness {
     pub async fn unacked_len(&self) -> usize {
         match &self.kind {
             Kind::Memory(b) => b.unacked_len(),
-            Kind::Redis { conn, .. } => {
-                redis::cmd("HLEN").arg("unacked").query_async(&mut conn.clone()).await.expect("HLEN")
-            }
+            Kind::Redis { conn, .. } => redis::cmd("HLEN")
+                .arg("unacked")
+                .query_async(&mut conn.clone())
+                .await
+                .expect("HLEN"),
         }
     }
 
@@ -76,7 +81,10 @@ pub fn sample(id: &str, priority: Option<u8>) -> RawMessage {
     headers.insert("retries".into(), json!(0));
     let mut properties = Map::new();
     properties.insert("correlation_id".into(), json!(id));
-    properties.insert("reply_to".into(), json!("66381240-4081-3615-a8ad-96f052e1eb1a"));
+    properties.insert(
+        "reply_to".into(),
+        json!("66381240-4081-3615-a8ad-96f052e1eb1a"),
+    );
     properties.insert("delivery_mode".into(), json!(2));
     if let Some(p) = priority {
         properties.insert("priority".into(), json!(p));
@@ -93,7 +101,10 @@ pub fn sample(id: &str, priority: Option<u8>) -> RawMessage {
 }
 
 pub fn id_of(d: &Delivery) -> String {
-    d.message.headers["id"].as_str().expect("id header").to_string()
+    d.message.headers["id"]
+        .as_str()
+        .expect("id header")
+        .to_string()
 }
 
 pub async fn recv(c: &mut Consumer) -> Delivery {
@@ -187,7 +198,14 @@ pub async fn restore_goes_to_the_front_with_redelivered(h: &Harness) {
 
 pub async fn priorities_lower_first_fifo_within_a_step(h: &Harness) {
     let b = h.any();
-    for (id, p) in [("p9", 9), ("p0", 0), ("p5", 5), ("p3", 3), ("p1", 1), ("p7", 7)] {
+    for (id, p) in [
+        ("p9", 9),
+        ("p0", 0),
+        ("p5", 5),
+        ("p3", 3),
+        ("p1", 1),
+        ("p7", 7),
+    ] {
         b.publish(&sample(id, Some(p)), "", "q1").await.unwrap();
     }
     let mut c = b.consume(&queue("q1"), 1).await.unwrap();
@@ -205,10 +223,17 @@ pub async fn priorities_lower_first_fifo_within_a_step(h: &Harness) {
 pub async fn round_robin_across_queues(h: &Harness) {
     let b = h.any();
     for i in 0..3 {
-        b.publish(&sample(&format!("x{i}"), None), "", "qx").await.unwrap();
-        b.publish(&sample(&format!("y{i}"), None), "", "qy").await.unwrap();
+        b.publish(&sample(&format!("x{i}"), None), "", "qx")
+            .await
+            .unwrap();
+        b.publish(&sample(&format!("y{i}"), None), "", "qy")
+            .await
+            .unwrap();
     }
-    let mut c = b.consume(&["qx".to_string(), "qy".to_string()], 1).await.unwrap();
+    let mut c = b
+        .consume(&["qx".to_string(), "qy".to_string()], 1)
+        .await
+        .unwrap();
     let mut order = Vec::new();
     for _ in 0..6 {
         let d = recv(&mut c).await;
@@ -222,7 +247,9 @@ pub async fn round_robin_across_queues(h: &Harness) {
 pub async fn prefetch_bound_is_respected(h: &Harness) {
     let b = h.any();
     for i in 0..5 {
-        b.publish(&sample(&format!("m{i}"), None), "", "q1").await.unwrap();
+        b.publish(&sample(&format!("m{i}"), None), "", "q1")
+            .await
+            .unwrap();
     }
     let mut c = b.consume(&queue("q1"), 2).await.unwrap();
     let d0 = recv(&mut c).await;
@@ -252,7 +279,9 @@ pub async fn next_is_cancel_safe(h: &Harness) {
         let b = b.clone();
         tokio::spawn(async move {
             for i in 0..40 {
-                b.publish(&sample(&format!("c{i}"), None), "", "q1").await.unwrap();
+                b.publish(&sample(&format!("c{i}"), None), "", "q1")
+                    .await
+                    .unwrap();
                 if i % 4 == 0 {
                     tokio::time::sleep(Duration::from_millis(7)).await;
                 }
@@ -263,7 +292,11 @@ pub async fn next_is_cancel_safe(h: &Harness) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut cancelled = 0;
     while seen.len() < 40 {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of 40 received", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 40 received",
+            seen.len()
+        );
         tokio::select! {
             d = c.next() => {
                 let d = d.unwrap();
@@ -274,7 +307,10 @@ pub async fn next_is_cancel_safe(h: &Harness) {
         }
     }
     publisher.await.unwrap();
-    assert!(cancelled > 0, "the timer never won; the test proved nothing");
+    assert!(
+        cancelled > 0,
+        "the timer never won; the test proved nothing"
+    );
     assert_eq!(h.queue_len("q1").await, 0);
     assert_eq!(h.unacked_len().await, 0);
     c.close().await.unwrap();
@@ -295,15 +331,25 @@ pub async fn dead_letter_keeps_the_message_and_settles(h: &Harness) {
 pub async fn close_hands_back_unsettled_and_keeps_given_out_valid(h: &Harness) {
     let b = h.any();
     for i in 0..3 {
-        b.publish(&sample(&format!("m{i}"), None), "", "q1").await.unwrap();
+        b.publish(&sample(&format!("m{i}"), None), "", "q1")
+            .await
+            .unwrap();
     }
     let mut c = b.consume(&queue("q1"), 3).await.unwrap();
     let d = recv(&mut c).await;
     // Give the Redis fetcher time to prefetch the other two.
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.close().await.unwrap();
-    assert_eq!(h.queue_len("q1").await, 2, "prefetched messages are handed back");
-    assert_eq!(h.unacked_len().await, 1, "only the given-out delivery is held");
+    assert_eq!(
+        h.queue_len("q1").await,
+        2,
+        "prefetched messages are handed back"
+    );
+    assert_eq!(
+        h.unacked_len().await,
+        1,
+        "only the given-out delivery is held"
+    );
     d.ack().await.unwrap();
     assert_eq!(h.unacked_len().await, 0);
     let mut c = b.consume(&queue("q1"), 3).await.unwrap();
@@ -319,12 +365,17 @@ pub async fn close_hands_back_unsettled_and_keeps_given_out_valid(h: &Harness) {
 pub async fn named_exchange_routes_through_bindings(h: &Harness) {
     let b = h.any();
     match b.publish(&sample("lost", None), "qe", "qe").await {
-        Err(BrokerError::Unroutable { exchange, routing_key }) => assert_eq!((exchange, routing_key), ("qe".into(), "qe".into())),
+        Err(BrokerError::Unroutable {
+            exchange,
+            routing_key,
+        }) => assert_eq!((exchange, routing_key), ("qe".into(), "qe".into())),
         other => panic!("expected Unroutable, got {other:?}"),
     }
     // Consuming declares the queue's binding (exchange = routing key = queue name).
     let mut c = b.consume(&queue("qe"), 1).await.unwrap();
-    b.publish(&sample("routed", None), "qe", "qe").await.unwrap();
+    b.publish(&sample("routed", None), "qe", "qe")
+        .await
+        .unwrap();
     let d = recv(&mut c).await;
     assert_eq!(id_of(&d), "routed");
     assert_eq!(d.message.delivery_info.exchange, "qe");
@@ -335,13 +386,20 @@ pub async fn named_exchange_routes_through_bindings(h: &Harness) {
 
 pub async fn blocked_consumer_wakes_on_publish(h: &Harness) {
     let b = h.any();
-    let mut c = b.consume(&["qa".to_string(), "qb".to_string()], 1).await.unwrap();
+    let mut c = b
+        .consume(&["qa".to_string(), "qb".to_string()], 1)
+        .await
+        .unwrap();
     assert_nothing(&mut c, Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     b.publish(&sample("late", Some(6)), "", "qb").await.unwrap();
     let d = recv(&mut c).await;
     assert_eq!(id_of(&d), "late");
-    assert!(started.elapsed() < Duration::from_secs(2), "woke after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "woke after {:?}",
+        started.elapsed()
+    );
     d.ack().await.unwrap();
     c.close().await.unwrap();
 }

@@ -1,0 +1,676 @@
+//! kombu's Redis transport against the real Redis at 127.0.0.1:6379 (database 5, flushed at
+//! the start of every test; tests take turns through a lock). Python interop runs kombu 5.7
+//! from /tmp/pyvenv. Fails loudly when Redis is unreachable.
+
+mod conformance;
+
+use base64::Engine as _;
+use celeriac::broker::redis::decode_envelope;
+use celeriac::broker::url::BrokerUrl;
+use celeriac::broker::{AnyBroker, BrokerOptions, Consumer, RedisBroker};
+use celeriac::protocol::kombu::to_python_json;
+use conformance::{Harness, Kind, recv, sample};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const URL: &str = "redis://127.0.0.1:6379/5";
+const VECTORS: &str = "/work/shared/vectors/redis";
+const PYTHON: &str = "/tmp/pyvenv/bin/python";
+
+static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn raw_conn() -> MultiplexedConnection {
+    let client = redis::Client::open(URL).expect("redis URL");
+    client.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
+        panic!("these tests need Redis at 127.0.0.1:6379 (start it: redis-server --daemonize yes --port 6379): {e}")
+    })
+}
+
+async fn broker(opts: BrokerOptions) -> RedisBroker {
+    let Ok(BrokerUrl::Redis(url)) = BrokerUrl::parse(URL) else {
+        panic!("bad test URL")
+    };
+    RedisBroker::connect(url, opts)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required for these tests: {e}"))
+}
+
+fn short_visibility() -> BrokerOptions {
+    BrokerOptions {
+        visibility_timeout: Duration::from_secs(1),
+        restore_interval: Duration::from_millis(300),
+    }
+}
+
+async fn setup_with(opts: BrokerOptions) -> Harness {
+    let guard = LOCK.lock().await;
+    let mut conn = raw_conn().await;
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHDB");
+    Harness {
+        kind: Kind::Redis {
+            broker: broker(opts).await,
+            conn,
+        },
+        _guard: Some(guard),
+    }
+}
+
+async fn setup() -> Harness {
+    setup_with(BrokerOptions::default()).await
+}
+
+conformance_suite!(setup);
+
+fn conn_of(h: &Harness) -> MultiplexedConnection {
+    match &h.kind {
+        Kind::Redis { conn, .. } => conn.clone(),
+        Kind::Memory(_) => unreachable!(),
+    }
+}
+
+fn vector(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{VECTORS}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn lrange(conn: &mut MultiplexedConnection, key: &str) -> Vec<Vec<u8>> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn tag_of(envelope: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(envelope).unwrap();
+    v["properties"]["delivery_tag"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {PYTHON} (the kombu venv is required): {e}"));
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn publish_writes_kombus_envelope_bytes() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let b = h.any();
+    for (file, key) in [
+        ("v2_basic.json", "celery"),
+        ("v2_countdown_expires_priority.json", "celery\x06\x163"),
+    ] {
+        let expected = vector(&format!("broker/{file}"));
+        let msg = decode_envelope(&expected).unwrap();
+        b.publish(&msg, "", "celery").await.unwrap();
+        let items = lrange(&mut conn, key).await;
+        assert_eq!(items.len(), 1, "{file} goes to {key:?}");
+        let ours = &items[0];
+        let fresh = tag_of(ours);
+        assert_ne!(
+            fresh,
+            tag_of(&expected),
+            "a fresh uuid4 delivery tag per publish"
+        );
+        assert!(uuid::Uuid::parse_str(&fresh).is_ok_and(|u| u.get_version_num() == 4));
+        let expected = String::from_utf8(expected.clone())
+            .unwrap()
+            .replace(&tag_of(&expected), &fresh);
+        assert_eq!(String::from_utf8_lossy(ours), expected, "{file}");
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn python_client_messages_are_consumed_with_all_fields() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let list_keys: Value = serde_json::from_slice(&vector("broker/list_keys.json")).unwrap();
+    let files = [
+        "v2_basic",
+        "v2_msgpack",
+        "v2_priority_9",
+        "v2_countdown_expires_priority",
+        "v1_send_task",
+        "v2_gzip",
+    ];
+    for file in files {
+        let raw = vector(&format!("broker/{file}.json"));
+        // list_keys.json names the key of every captured v2 message; v1 went to `celery` too.
+        let key = list_keys[file]
+            .as_str()
+            .unwrap_or("celery")
+            .replace("\\x06\\x16", "\x06\x16");
+        let _: () = redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(&raw)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut c = h.any().consume(&["celery".to_string()], 10).await.unwrap();
+    let mut got = Vec::new();
+    for _ in files {
+        let d = recv(&mut c).await;
+        got.push(d);
+    }
+    // Priority order: the step-0 key first (FIFO), then steps 3 and 9.
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|d| d.message.properties["correlation_id"].as_str().unwrap())
+        .collect();
+    let order = [
+        "v2_basic",
+        "v2_msgpack",
+        "v1_send_task",
+        "v2_gzip",
+        "v2_countdown_expires_priority",
+        "v2_priority_9",
+    ];
+    for (d, file) in got.iter().zip(order) {
+        let env: Value = serde_json::from_slice(&vector(&format!("broker/{file}.json"))).unwrap();
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(env["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(d.message.body, body, "{file}");
+        assert_eq!(
+            Value::Object(d.message.headers.clone()),
+            env["headers"],
+            "{file}"
+        );
+        assert_eq!(
+            d.message.content_type,
+            env["content-type"].as_str().unwrap()
+        );
+        assert_eq!(
+            d.message.content_encoding,
+            env["content-encoding"].as_str().unwrap()
+        );
+        assert_eq!(
+            d.delivery_tag(),
+            env["properties"]["delivery_tag"].as_str().unwrap()
+        );
+        let mut props = env["properties"].as_object().unwrap().clone();
+        for k in ["delivery_info", "body_encoding", "delivery_tag"] {
+            props.remove(k);
+        }
+        assert_eq!(d.message.properties, props, "{file}");
+        assert_eq!(d.message.delivery_info.exchange, "");
+        assert_eq!(d.message.delivery_info.routing_key, "celery");
+        assert_eq!(
+            d.message.delivery_info.priority,
+            props["priority"].as_u64().map(|p| p as u8)
+        );
+        assert!(!d.message.delivery_info.redelivered);
+    }
+    assert_eq!(ids.len(), 6);
+    for d in got {
+        d.ack().await.unwrap();
+    }
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn held_messages_are_in_kombus_unacked_tables() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    // The captured HGET value is [envelope, "", "celery"]; push that exact envelope.
+    let expected = vector("ack-emulation/unacked_hash_value.json");
+    let value: Value = serde_json::from_slice(&expected).unwrap();
+    let envelope = to_python_json(&value[0]);
+    assert_eq!(
+        format!("[{envelope}, \"\", \"celery\"]").as_bytes(),
+        expected.as_slice()
+    );
+    let _: () = redis::cmd("LPUSH")
+        .arg("celery")
+        .arg(&envelope)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let before = now();
+    let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    let after = now();
+    let tag = "7d5ffe1c-94cd-40ea-a970-00a88045a7b0";
+    assert_eq!(d.delivery_tag(), tag);
+    let held: Vec<u8> = redis::cmd("HGET")
+        .arg("unacked")
+        .arg(tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&held),
+        String::from_utf8_lossy(&expected),
+        "byte-identical to kombu's"
+    );
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("unacked_index")
+        .arg(tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        score >= before - 0.01 && score <= after + 0.01,
+        "{before} <= {score} <= {after}"
+    );
+
+    d.ack().await.unwrap();
+    let exists: (i64, i64) = redis::pipe()
+        .hexists("unacked", tag)
+        .zscore("unacked_index", tag)
+        .query_async(&mut conn)
+        .await
+        .map(|(e, s): (i64, Option<f64>)| (e, s.map_or(0, |_| 1)))
+        .unwrap();
+    assert_eq!(exists, (0, 0), "ack removes both entries");
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn visibility_restore_is_byte_identical_to_kombus() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let value: Value =
+        serde_json::from_slice(&vector("ack-emulation/unacked_hash_value.json")).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("celery")
+        .arg(to_python_json(&value[0]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
+    let held = recv(&mut c).await;
+
+    // Another process with a 1 s visibility timeout restores it once it is old enough.
+    let other = broker(short_visibility()).await;
+    assert_eq!(other.restore_visible().await.unwrap(), 0, "not visible yet");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(other.restore_visible().await.unwrap(), 1);
+    let items = lrange(&mut conn, "celery").await;
+    assert_eq!(items.len(), 1);
+    let expected = vector("ack-emulation/restored_after_visibility_timeout.json");
+    assert_eq!(
+        String::from_utf8_lossy(&items[0]),
+        String::from_utf8_lossy(&expected)
+    );
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(hlen, 0);
+    let mutex: Option<String> = redis::cmd("GET")
+        .arg("unacked_mutex")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mutex, None, "the mutex is released");
+    // Acking the stale delivery afterwards is harmless.
+    held.ack().await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn consumer_restores_its_own_held_message_after_the_visibility_timeout() {
+    let h = setup_with(short_visibility()).await;
+    let b = h.any();
+    b.publish(&sample("slow", None), "", "celery")
+        .await
+        .unwrap();
+    let mut c = b.consume(&["celery".to_string()], 2).await.unwrap();
+    let first = recv(&mut c).await;
+    let again = recv(&mut c).await; // brought back by the background restore
+    assert_eq!(again.delivery_tag(), first.delivery_tag());
+    assert!(again.message.delivery_info.redelivered);
+    assert_eq!(again.message.headers["redelivered"], json!(true));
+    again.ack().await.unwrap();
+    first.ack().await.unwrap();
+    c.close().await.unwrap();
+}
+
+/// Helper process for `sigkill_at_any_point_loses_nothing`: takes messages, then waits to be killed.
+#[tokio::test]
+#[ignore = "run by sigkill_at_any_point_loses_nothing as a separate process"]
+async fn crash_child() {
+    if std::env::var("CELERIAC_CRASH_CHILD").is_err() {
+        return;
+    }
+    let b = AnyBroker::Redis(broker(BrokerOptions::default()).await);
+    let mut c = b.consume(&["crashq".to_string()], 3).await.unwrap();
+    let d = recv(&mut c).await;
+    // Let the fetcher prefetch the rest into its channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // libtest has already written "test crash_child ... " on this line.
+    println!("HELD {}", d.delivery_tag());
+    std::future::pending::<()>().await;
+}
+
+/// Kills the child process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_any_point_loses_nothing() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let b = h.any();
+    for i in 0..3 {
+        b.publish(&sample(&format!("k{i}"), None), "", "crashq")
+            .await
+            .unwrap();
+    }
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CELERIAC_CRASH_CHILD", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    // A plain thread: a blocked reader must not keep the test runtime from shutting down.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let held = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("HELD ").map(|(_, tag)| tag.trim().to_string()));
+        let _ = tx.send(held);
+    });
+    let held = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child timed out")
+        .expect("child printed no HELD line");
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+
+    assert_eq!(h.queue_len("crashq").await, 0);
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        hlen, 3,
+        "the held and the prefetched messages are all in unacked"
+    );
+
+    let survivor = AnyBroker::Redis(broker(short_visibility()).await);
+    let mut c = survivor.consume(&["crashq".to_string()], 3).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let d = recv(&mut c).await;
+        assert!(d.message.delivery_info.redelivered);
+        if d.delivery_tag() == held {
+            assert_eq!(conformance::id_of(&d), "k0");
+        }
+        ids.push(conformance::id_of(&d));
+        d.ack().await.unwrap();
+    }
+    ids.sort();
+    assert_eq!(ids, ["k0", "k1", "k2"]);
+    c.close().await.unwrap();
+    let hlen: usize = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(hlen, 0);
+}
+
+#[tokio::test]
+async fn dropped_consumer_loses_nothing() {
+    let h = setup().await;
+    let b = h.any();
+    b.publish(&sample("dropped", None), "", "celery")
+        .await
+        .unwrap();
+    let mut c = b.consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    let tag = d.delivery_tag().to_string();
+    drop(d);
+    drop(c);
+    assert_eq!(h.unacked_len().await, 1);
+    let survivor = AnyBroker::Redis(broker(short_visibility()).await);
+    let mut c = survivor.consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(d.delivery_tag(), tag);
+    d.ack().await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_envelopes_go_to_the_dead_letter_list() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let not_json = b"not json {\xff".to_vec();
+    let no_tag = br#"{"body": "e30=", "properties": {"delivery_info": {"exchange": "", "routing_key": "celery"}}}"#.to_vec();
+    let bad_b64 = br#"{"body": "@@@", "content-type": "application/json", "headers": {}, "properties": {"delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "bad-b64-tag"}}"#.to_vec();
+    for raw in [&not_json, &no_tag, &bad_b64] {
+        let _: () = redis::cmd("LPUSH")
+            .arg("celery")
+            .arg(raw)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    h.any()
+        .publish(&sample("good", None), "", "celery")
+        .await
+        .unwrap();
+    let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(conformance::id_of(&d), "good");
+    d.ack().await.unwrap();
+
+    let dead = lrange(&mut conn, "celeriac.dead_letter").await;
+    assert_eq!(dead.len(), 3);
+    let entries: Vec<Value> = dead
+        .iter()
+        .rev()
+        .map(|e| serde_json::from_slice(e).unwrap())
+        .collect();
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].starts_with("envelope is not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("delivery_tag"), "{reasons:?}");
+    assert!(reasons[2].contains("base64"), "{reasons:?}");
+    for (e, raw) in entries.iter().zip([&not_json, &no_tag, &bad_b64]) {
+        let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["reason", "queue", "received_at", "envelope"]);
+        assert_eq!(e["queue"], json!("celery"));
+        assert!(e["received_at"].as_f64().unwrap() > 1.7e9);
+        let text: String = raw
+            .utf8_chunks()
+            .flat_map(|c| {
+                c.valid()
+                    .chars()
+                    .chain(c.invalid().iter().map(|b| char::from(*b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            e["envelope"].as_str().unwrap(),
+            text,
+            "the original text is kept"
+        );
+    }
+    assert_eq!(
+        h.unacked_len().await,
+        0,
+        "dead-lettered messages are settled"
+    );
+    assert_eq!(h.queue_len("celery").await, 0);
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn consume_declares_bindings_like_a_celery_worker() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
+    let expected: Value = serde_json::from_slice(&vector("broker/db0_after_publish.json")).unwrap();
+    for key in ["_kombu.binding.celery", "_kombu.binding_permanent.celery"] {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let want = expected[key]["value"][0]
+            .as_str()
+            .unwrap()
+            .replace("\\x06\\x16", "\x06\x16");
+        assert_eq!(members, [want]);
+    }
+    assert_eq!(h.any().describe(), "redis://127.0.0.1:6379/5");
+    c.close().await.unwrap();
+}
+
+const PY_GET_AND_RESTORE: &str = r#"
+import base64, json, sys
+from kombu import Connection
+with Connection(sys.argv[1]) as conn:
+    ch = conn.default_channel
+    m = ch.basic_get(sys.argv[2], no_ack=False)
+    print(json.dumps({
+        "body": base64.b64encode(m.body).decode(),
+        "headers": m.headers,
+        "content_type": m.content_type,
+        "content_encoding": m.content_encoding,
+        "delivery_tag": m.delivery_tag,
+        "delivery_info": m.delivery_info,
+        "properties": {k: v for k, v in m.properties.items() if k not in ("delivery_info", "body_encoding", "delivery_tag")},
+        "unacked": conn.default_channel.client.hlen("unacked"),
+    }))
+    ch.qos.restore_unacked()
+"#;
+
+const PY_RESTORE_VISIBLE: &str = r#"
+import sys
+from kombu import Connection
+with Connection(sys.argv[1], transport_options={"visibility_timeout": 1}) as conn:
+    conn.default_channel.qos.restore_visible(num=100)
+    print("restored")
+"#;
+
+#[tokio::test]
+async fn python_kombu_consumes_and_restores_what_rust_published() {
+    let h = setup().await;
+    let b = h.any();
+    let msg = sample("py-1", Some(4));
+    b.publish(&msg, "", "celery").await.unwrap();
+    let out = python(PY_GET_AND_RESTORE, &[URL, "celery"]);
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(seen["body"].as_str().unwrap())
+            .unwrap(),
+        msg.body
+    );
+    assert_eq!(seen["headers"], Value::Object(msg.headers.clone()));
+    assert_eq!(seen["content_type"], json!("application/json"));
+    assert_eq!(seen["content_encoding"], json!("utf-8"));
+    assert_eq!(
+        seen["delivery_info"],
+        json!({"exchange": "", "routing_key": "celery"})
+    );
+    let mut props = msg.properties.clone();
+    props.insert("priority".into(), json!(4));
+    assert_eq!(seen["properties"], Value::Object(props));
+    assert_eq!(seen["unacked"], json!(1), "kombu recorded it in unacked");
+
+    // kombu restored it (RPUSH with redelivered flags); Rust takes it back.
+    let mut c = b.consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(d.delivery_tag(), seen["delivery_tag"].as_str().unwrap());
+    assert!(d.message.delivery_info.redelivered);
+    assert_eq!(d.message.headers["redelivered"], json!(true));
+    assert_eq!(d.message.body, msg.body);
+    d.ack().await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(h.unacked_len().await, 0);
+}
+
+#[tokio::test]
+async fn python_restore_visible_restores_what_rust_holds() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let b = h.any();
+    b.publish(&sample("held-by-rust", None), "", "celery")
+        .await
+        .unwrap();
+    let mut c: Consumer = b.consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    let tag = d.delivery_tag().to_string();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let out = python(PY_RESTORE_VISIBLE, &[URL]);
+    assert_eq!(out.trim(), "restored");
+    let items = lrange(&mut conn, "celery").await;
+    assert_eq!(items.len(), 1, "kombu put it back");
+    let env: Value = serde_json::from_slice(&items[0]).unwrap();
+    assert_eq!(env["properties"]["delivery_tag"], json!(tag));
+    assert_eq!(env["headers"]["redelivered"], json!(true));
+    assert_eq!(
+        env["properties"]["delivery_info"]["redelivered"],
+        json!(true)
+    );
+    assert_eq!(h.unacked_len().await, 0);
+    // The stale delivery can still be acked; the restored copy comes back to Rust.
+    d.ack().await.unwrap();
+    let again = recv(&mut c).await;
+    assert_eq!(again.delivery_tag(), tag);
+    assert!(again.message.delivery_info.redelivered);
+    again.ack().await.unwrap();
+    c.close().await.unwrap();
+}
