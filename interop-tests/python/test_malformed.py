@@ -1,6 +1,7 @@
 """Messages the worker cannot decode are dead-lettered, never lost, never fatal."""
 
 import base64
+import codecs
 import json
 import uuid
 
@@ -46,18 +47,20 @@ def test_malformed_message_is_dead_lettered_and_the_worker_goes_on(client, rdb, 
     # A later call succeeds: the worker neither crashed nor stalled on the bad message.
     assert client.add.delay(2, 3).get(timeout=RESULT_TIMEOUT) == 5
     assert worker.alive(), worker.describe()
-    wait_until(lambda: any(dead_letter_raw(e) == raw for e in rdb.lrange(DEAD_LETTER, 0, -1)), 30,
+    kept = envelope_text(raw)
+    wait_until(lambda: any(json.loads(e)["envelope"] == kept for e in rdb.lrange(DEAD_LETTER, 0, -1)), 30,
                f"the raw message in the Redis list {DEAD_LETTER}")
-    entry = next(json.loads(e) for e in rdb.lrange(DEAD_LETTER, 0, -1) if dead_letter_raw(e) == raw)
+    entry = next(json.loads(e) for e in rdb.lrange(DEAD_LETTER, 0, -1) if json.loads(e)["envelope"] == kept)
     assert entry["queue"] == "celery"
     assert entry["reason"], "a dead letter says why it was set aside"
     assert rdb.llen("celery") == 0
     assert rdb.hlen("unacked") == 0, "a dead-lettered message is settled, not left unacked"
 
 
-def dead_letter_raw(element: bytes) -> bytes:
-    """The original bytes kept in a dead-letter element (README: "What happens to bad input")."""
-    entry = json.loads(element)
-    if "envelope_base64" in entry:
-        return base64.b64decode(entry["envelope_base64"])
-    return entry["envelope"].encode()
+codecs.register_error("celeriac_latin1", lambda e: (e.object[e.start:e.end].decode("latin-1"), e.end))
+
+
+def envelope_text(raw: bytes) -> str:
+    """How a dead-letter entry keeps the popped bytes (README: "What happens to bad input"):
+    valid UTF-8 as text, each byte of an invalid sequence as its Latin-1 character."""
+    return raw.decode("utf-8", errors="celeriac_latin1")

@@ -8,15 +8,20 @@ DB = 13
 
 
 def test_python_and_worker_under_test_share_one_queue(client, spawn_worker):
-    # Prefetch 1 keeps either worker from hoarding the queue, so both get a share.
-    under_test = spawn_worker(concurrency=2, prefetch_multiplier=1, hostname="under-test@interop")
+    # Prefetch 1 keeps either worker from hoarding the queue, so both get a share. The Python
+    # worker starts alone so that its readiness check is answered by it, not by the other one.
     python = spawn_worker("python", concurrency=2, prefetch_multiplier=1, hostname="python@interop")
-    under_test.wait_ready(client)
     python.wait_ready(client)
+    under_test = spawn_worker(concurrency=2, prefetch_multiplier=1, hostname="under-test@interop")
+    under_test.wait_ready(client)
 
+    # Every third call sleeps 50 ms: a worker busy with one leaves the queue to the other,
+    # so neither drains all 200 before the other's next poll, however fast it is.
     calls = []
     for i in range(200):
-        if i % 2:
+        if i % 3 == 0:
+            calls.append(("sleep", i, client.sleep.delay(0.05)))
+        elif i % 3 == 1:
             calls.append(("add", i, client.add.delay(i, 1000)))
         else:
             calls.append(("whoami", i, client.whoami.delay()))
@@ -24,7 +29,9 @@ def test_python_and_worker_under_test_share_one_queue(client, spawn_worker):
     hosts = Counter()
     for kind, i, result in calls:
         value = result.get(timeout=RESULT_TIMEOUT)
-        if kind == "add":
+        if kind == "sleep":
+            assert value == 0.05
+        elif kind == "add":
             assert value == i + 1000
         else:
             assert value["task_id"] == result.id
