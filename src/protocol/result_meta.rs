@@ -5,7 +5,8 @@
 //! Celery's exactly (field order, `json.dumps` spacing, `isoformat` dates), because Python
 //! peers and tools compare and parse them.
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound, Timelike, Utc};
+use crate::protocol::encode::python_isoformat;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
 use super::content_type::Serializer;
@@ -480,20 +481,6 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// Python's `datetime.isoformat()` of an aware UTC datetime: `+00:00`, and the fraction
-/// written as six digits only when the microseconds are not zero.
-///
-/// The protocol codec has its own copy for message dates; kept private here until the two
-/// are merged.
-fn python_isoformat(dt: &DateTime<Utc>) -> String {
-    let micros = dt.nanosecond() % 1_000_000_000 / 1_000;
-    if micros == 0 {
-        dt.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
-    } else {
-        format!("{}.{micros:06}+00:00", dt.format("%Y-%m-%dT%H:%M:%S"))
-    }
-}
-
 /// Read what `isoformat()` wrote, with or without an offset.
 fn parse_isoformat(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
@@ -539,6 +526,7 @@ fn short(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Timelike;
     use serde_json::json;
 
     const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/backend");

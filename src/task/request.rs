@@ -3,8 +3,8 @@
 //! A `#[task]` function receives it by declaring a parameter of type `&Request`
 //! (Celery's `self.request`).
 
-use crate::protocol::{DeliveryInfo, TaskHeaders, TaskMessage};
-use chrono::{DateTime, Timelike, Utc};
+use crate::protocol::{DeliveryInfo, TaskMessage};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ impl Request {
             reply_to: prop("reply_to"),
             hostname: hostname.to_owned(),
             delivery_info: msg.delivery_info.clone(),
-            headers: headers_map(h),
+            headers: h.to_map(),
             timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
             ignore_result: h.ignore_result,
         }
@@ -85,55 +85,10 @@ fn seconds(secs: Option<f64>) -> Option<Duration> {
     secs.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
-/// Python's `datetime.isoformat()` of a UTC time: microseconds only when non-zero.
-fn isoformat(t: &DateTime<Utc>) -> String {
-    if t.nanosecond() / 1000 == 0 {
-        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
-    } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
-    }
-}
-
-/// The headers as a map by wire name (PROTOCOL.md 1.2 order), then the extra ones.
-fn headers_map(h: &TaskHeaders) -> Map<String, Value> {
-    let s = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
-    let time = |v: &Option<DateTime<Utc>>| v.as_ref().map_or(Value::Null, |t| Value::String(isoformat(t)));
-    let float = |v: Option<f64>| v.and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number);
-    let mut m = Map::new();
-    m.insert("lang".into(), s(&h.lang));
-    m.insert("task".into(), Value::String(h.task.clone()));
-    m.insert("id".into(), Value::String(h.id.clone()));
-    m.insert("shadow".into(), s(&h.shadow));
-    m.insert("eta".into(), time(&h.eta));
-    m.insert("expires".into(), time(&h.expires));
-    m.insert("group".into(), s(&h.group));
-    m.insert("group_index".into(), h.group_index.map_or(Value::Null, Value::from));
-    m.insert("retries".into(), Value::from(h.retries));
-    m.insert("timelimit".into(), Value::Array(vec![float(h.timelimit.0), float(h.timelimit.1)]));
-    m.insert("root_id".into(), s(&h.root_id));
-    m.insert("parent_id".into(), s(&h.parent_id));
-    m.insert("argsrepr".into(), s(&h.argsrepr));
-    m.insert("kwargsrepr".into(), s(&h.kwargsrepr));
-    m.insert("origin".into(), s(&h.origin));
-    m.insert("ignore_result".into(), h.ignore_result.map_or(Value::Null, Value::Bool));
-    m.insert("replaced_task_nesting".into(), Value::from(h.replaced_task_nesting));
-    m.insert(
-        "stamped_headers".into(),
-        h.stamped_headers
-            .as_ref()
-            .map_or(Value::Null, |v| Value::Array(v.iter().cloned().map(Value::String).collect())),
-    );
-    m.insert("stamps".into(), Value::Object(h.stamps.clone()));
-    for (k, v) in &h.extra {
-        m.insert(k.clone(), v.clone());
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Embed, ProtocolVersion, Serializer};
+    use crate::protocol::{Embed, ProtocolVersion, Serializer, TaskHeaders};
     use serde_json::json;
 
     fn message() -> TaskMessage {
@@ -212,7 +167,7 @@ mod tests {
         );
         assert_eq!(r.headers["eta"], json!("2030-03-17T17:46:40.123456+00:00"));
         assert_eq!(r.headers["expires"], json!("2030-03-17T17:48:20+00:00"));
-        assert_eq!(r.headers["timelimit"], json!([10.0, 2.5]));
+        assert_eq!(r.headers["timelimit"], json!([10, 2.5]), "whole seconds are written as Python ints");
         assert_eq!(r.headers["x-custom"], json!("v"));
     }
 
