@@ -98,7 +98,6 @@ impl Worker {
             BrokerOptions {
                 visibility_timeout: config.visibility_timeout,
                 restore_interval: config.restore_interval,
-                ..BrokerOptions::default()
             },
         )
         .await?;

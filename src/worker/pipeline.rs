@@ -75,12 +75,10 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
 
     // 4. eta, and 5. a concurrency slot: wait for both without losing the message on shutdown.
     let mut stop = shared.stop.subscribe();
-    if let Some(eta) = msg.headers.eta {
-        if let Ok(wait) = (eta - Utc::now()).to_std() {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
-            }
+    if let Some(wait) = msg.headers.eta.and_then(|eta| (eta - Utc::now()).to_std().ok()) {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
         }
     }
     let slot = tokio::select! {

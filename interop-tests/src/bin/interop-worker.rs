@@ -105,7 +105,7 @@ fn seconds_to_duration(seconds: f64) -> Result<Duration, TaskError> {
 #[task(name = "interop.flaky")]
 async fn flaky(failures: u32, request: &Request) -> Result<u32, TaskError> {
     if request.retries < failures {
-        return Err(TaskError::retry().countdown(Duration::from_millis(100)).into());
+        return Err(TaskError::retry().countdown(Duration::from_millis(100)));
     }
     Ok(request.retries)
 }
