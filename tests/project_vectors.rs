@@ -36,7 +36,10 @@ fn exact_files(sub: &str) -> Vec<PathBuf> {
 }
 
 fn file_stem(path: &Path) -> String {
-    let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 file name");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 file name");
     name.strip_suffix(".json").expect(".json file").to_string()
 }
 
@@ -79,14 +82,20 @@ fn time_limits(v: &Value) -> (Option<f64>, Option<f64>) {
 /// `taskset` is the old name of `group`).
 fn request_fields(decoded: &Value, v1: bool) -> Map<String, Value> {
     if v1 {
-        let mut body = decoded["decoded_body"].as_object().cloned().expect("v1 body is a dict");
+        let mut body = decoded["decoded_body"]
+            .as_object()
+            .cloned()
+            .expect("v1 body is a dict");
         if !body.contains_key("group") {
             let taskset = body.get("taskset").cloned().unwrap_or(Value::Null);
             body.insert("group".into(), taskset);
         }
         body
     } else {
-        decoded["envelope"]["headers"].as_object().cloned().expect("v2 headers")
+        decoded["envelope"]["headers"]
+            .as_object()
+            .cloned()
+            .expect("v2 headers")
     }
 }
 
@@ -95,32 +104,78 @@ fn assert_matches_decoded(name: &str, msg: &TaskMessage, decoded: &Value) {
     let fields = request_fields(decoded, v1);
     let env = &decoded["envelope"];
 
-    let expected_protocol = if v1 { ProtocolVersion::V1 } else { ProtocolVersion::V2 };
+    let expected_protocol = if v1 {
+        ProtocolVersion::V1
+    } else {
+        ProtocolVersion::V2
+    };
     assert_eq!(msg.protocol, expected_protocol, "{name}: protocol");
     let expected_serializer =
-        Serializer::from_content_type(env["content-type"].as_str().expect("content-type")).expect("known serializer");
+        Serializer::from_content_type(env["content-type"].as_str().expect("content-type"))
+            .expect("known serializer");
     assert_eq!(msg.serializer, expected_serializer, "{name}: serializer");
 
     let h = &msg.headers;
-    assert_eq!(Some(h.task.as_str()), fields["task"].as_str(), "{name}: task name");
+    assert_eq!(
+        Some(h.task.as_str()),
+        fields["task"].as_str(),
+        "{name}: task name"
+    );
     assert_eq!(Some(h.id.as_str()), fields["id"].as_str(), "{name}: id");
     assert_eq!(h.eta, opt_time(&fields["eta"], "eta"), "{name}: eta");
-    assert_eq!(h.expires, opt_time(&fields["expires"], "expires"), "{name}: expires");
-    assert_eq!(h.timelimit, time_limits(&fields["timelimit"]), "{name}: timelimit [hard, soft]");
+    assert_eq!(
+        h.expires,
+        opt_time(&fields["expires"], "expires"),
+        "{name}: expires"
+    );
+    assert_eq!(
+        h.timelimit,
+        time_limits(&fields["timelimit"]),
+        "{name}: timelimit [hard, soft]"
+    );
     assert_eq!(h.group, opt_str(&fields["group"]), "{name}: group");
-    assert_eq!(h.group_index, fields["group_index"].as_i64(), "{name}: group_index");
-    assert_eq!(Some(u64::from(h.retries)), fields["retries"].as_u64(), "{name}: retries");
+    assert_eq!(
+        h.group_index,
+        fields["group_index"].as_i64(),
+        "{name}: group_index"
+    );
+    assert_eq!(
+        Some(u64::from(h.retries)),
+        fields["retries"].as_u64(),
+        "{name}: retries"
+    );
     if !v1 {
         assert_eq!(h.root_id, opt_str(&fields["root_id"]), "{name}: root_id");
-        assert_eq!(h.parent_id, opt_str(&fields["parent_id"]), "{name}: parent_id");
+        assert_eq!(
+            h.parent_id,
+            opt_str(&fields["parent_id"]),
+            "{name}: parent_id"
+        );
         assert_eq!(h.origin, opt_str(&fields["origin"]), "{name}: origin");
         assert_eq!(h.argsrepr, opt_str(&fields["argsrepr"]), "{name}: argsrepr");
-        assert_eq!(h.kwargsrepr, opt_str(&fields["kwargsrepr"]), "{name}: kwargsrepr");
-        assert_eq!(h.ignore_result, fields["ignore_result"].as_bool(), "{name}: ignore_result");
-        assert_eq!(Some(h.replaced_task_nesting), fields["replaced_task_nesting"].as_i64(), "{name}: nesting");
-        let stamped: Option<Vec<String>> = serde_json::from_value(fields["stamped_headers"].clone()).expect("list");
+        assert_eq!(
+            h.kwargsrepr,
+            opt_str(&fields["kwargsrepr"]),
+            "{name}: kwargsrepr"
+        );
+        assert_eq!(
+            h.ignore_result,
+            fields["ignore_result"].as_bool(),
+            "{name}: ignore_result"
+        );
+        assert_eq!(
+            Some(h.replaced_task_nesting),
+            fields["replaced_task_nesting"].as_i64(),
+            "{name}: nesting"
+        );
+        let stamped: Option<Vec<String>> =
+            serde_json::from_value(fields["stamped_headers"].clone()).expect("list");
         assert_eq!(h.stamped_headers, stamped, "{name}: stamped_headers");
-        assert_eq!(Some(&h.stamps), fields["stamps"].as_object(), "{name}: stamps");
+        assert_eq!(
+            Some(&h.stamps),
+            fields["stamps"].as_object(),
+            "{name}: stamps"
+        );
     }
 
     // Arguments and canvas: the v2 body is `[args, kwargs, embed]`; v1 has them in the dict.
@@ -136,10 +191,22 @@ fn assert_matches_decoded(name: &str, msg: &TaskMessage, decoded: &Value) {
     };
     assert_eq!(Value::Array(msg.args.clone()), args, "{name}: args");
     assert_eq!(Value::Object(msg.kwargs.clone()), kwargs, "{name}: kwargs");
-    assert_eq!(msg.embed.callbacks, opt_list(&embed["callbacks"], "callbacks"), "{name}: callbacks");
-    assert_eq!(msg.embed.errbacks, opt_list(&embed["errbacks"], "errbacks"), "{name}: errbacks");
+    assert_eq!(
+        msg.embed.callbacks,
+        opt_list(&embed["callbacks"], "callbacks"),
+        "{name}: callbacks"
+    );
+    assert_eq!(
+        msg.embed.errbacks,
+        opt_list(&embed["errbacks"], "errbacks"),
+        "{name}: errbacks"
+    );
     // Celery sends the remaining chain last step first; the decoder keeps that order.
-    assert_eq!(msg.embed.chain, opt_list(&embed["chain"], "chain"), "{name}: chain");
+    assert_eq!(
+        msg.embed.chain,
+        opt_list(&embed["chain"], "chain"),
+        "{name}: chain"
+    );
     let chord = match &embed["chord"] {
         Value::Null => None,
         other => Some(other.clone()),
@@ -152,7 +219,11 @@ fn assert_matches_decoded(name: &str, msg: &TaskMessage, decoded: &Value) {
         props.remove(key);
     }
     assert_eq!(msg.properties, props, "{name}: properties");
-    assert_eq!(msg.delivery_info.routing_key, decoded["list_key"].as_str().expect("list_key"), "{name}: routing key");
+    assert_eq!(
+        msg.delivery_info.routing_key,
+        decoded["list_key"].as_str().expect("list_key"),
+        "{name}: routing key"
+    );
     assert_eq!(msg.delivery_info.exchange, "", "{name}: exchange");
 }
 
@@ -162,8 +233,14 @@ fn assert_reencodes(name: &str, msg: &TaskMessage, exact: &str, captured: &Value
     let raw = encode(msg).unwrap_or_else(|e| panic!("{name}: encode: {e}"));
     let original = decode_envelope(exact.as_bytes()).expect("decoded before");
     assert_eq!(raw.body, original.body, "{name}: re-encoded body bytes");
-    assert_eq!(raw.content_type, original.content_type, "{name}: content type");
-    assert_eq!(raw.content_encoding, original.content_encoding, "{name}: content encoding");
+    assert_eq!(
+        raw.content_type, original.content_type,
+        "{name}: content type"
+    );
+    assert_eq!(
+        raw.content_encoding, original.content_encoding,
+        "{name}: content encoding"
+    );
     let captured_headers = captured["headers"].as_object().expect("headers");
     assert_eq!(&raw.headers, captured_headers, "{name}: header map");
     assert_eq!(
@@ -174,18 +251,30 @@ fn assert_reencodes(name: &str, msg: &TaskMessage, exact: &str, captured: &Value
     let props = &captured["properties"];
     let rebuilt = envelope(
         &raw,
-        props["delivery_info"]["exchange"].as_str().expect("exchange"),
-        props["delivery_info"]["routing_key"].as_str().expect("routing_key"),
+        props["delivery_info"]["exchange"]
+            .as_str()
+            .expect("exchange"),
+        props["delivery_info"]["routing_key"]
+            .as_str()
+            .expect("routing_key"),
         props["delivery_tag"].as_str().expect("delivery_tag"),
     );
-    assert_eq!(to_python_json(&rebuilt), exact, "{name}: re-encoded envelope bytes");
+    assert_eq!(
+        to_python_json(&rebuilt),
+        exact,
+        "{name}: re-encoded envelope bytes"
+    );
 }
 
 #[test]
 fn every_captured_broker_message_decodes_as_celery_meant() {
     let files = exact_files("redis/broker");
     // 17 captures today; an emptied or moved directory must fail, not pass vacuously.
-    assert!(files.len() >= 17, "expected at least 17 broker captures, found {}", files.len());
+    assert!(
+        files.len() >= 17,
+        "expected at least 17 broker captures, found {}",
+        files.len()
+    );
     let mut v1_seen = 0;
     let mut reencoded = 0;
     for path in &files {
@@ -194,7 +283,8 @@ fn every_captured_broker_message_decodes_as_celery_meant() {
         let captured: Value = serde_json::from_str(&exact).expect("capture is JSON");
         let decoded = read_json(&path.with_file_name(format!("{name}.decoded.json")));
 
-        let raw = decode_envelope(exact.as_bytes()).unwrap_or_else(|e| panic!("{name}: envelope: {e}"));
+        let raw =
+            decode_envelope(exact.as_bytes()).unwrap_or_else(|e| panic!("{name}: envelope: {e}"));
         let msg = decode(&raw).unwrap_or_else(|e| panic!("{name}: decode: {e}"));
         assert_matches_decoded(&name, &msg, &decoded);
 
@@ -206,7 +296,10 @@ fn every_captured_broker_message_decodes_as_celery_meant() {
         }
     }
     assert!(v1_seen >= 1, "the v1_send_task capture must be among them");
-    assert!(reencoded >= 16, "expected at least 16 v2 captures re-encoded, got {reencoded}");
+    assert!(
+        reencoded >= 16,
+        "expected at least 16 v2 captures re-encoded, got {reencoded}"
+    );
 }
 
 #[test]
@@ -240,14 +333,30 @@ fn v1_capture_moves_its_body_fields_into_the_request() {
 #[test]
 fn every_captured_backend_value_round_trips_byte_for_byte() {
     let files = exact_files("backend/redis");
-    assert!(files.len() >= 3, "expected at least 3 backend captures, found {}", files.len());
+    assert!(
+        files.len() >= 3,
+        "expected at least 3 backend captures, found {}",
+        files.len()
+    );
     for path in &files {
         let name = file_stem(path);
         let exact = fs::read(path).expect("capture");
         let meta = ResultMeta::from_slice(&exact).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(meta.to_json().as_bytes(), exact.as_slice(), "{name}: to_json bytes");
+        assert_eq!(
+            meta.to_json().as_bytes(),
+            exact.as_slice(),
+            "{name}: to_json bytes"
+        );
         let captured: Value = serde_json::from_slice(&exact).expect("JSON");
-        assert_eq!(Some(meta.status.as_str()), captured["status"].as_str(), "{name}: status");
-        assert_eq!(Some(meta.task_id.as_str()), captured["task_id"].as_str(), "{name}: task_id");
+        assert_eq!(
+            Some(meta.status.as_str()),
+            captured["status"].as_str(),
+            "{name}: status"
+        );
+        assert_eq!(
+            Some(meta.task_id.as_str()),
+            captured["task_id"].as_str(),
+            "{name}: task_id"
+        );
     }
 }
