@@ -15,6 +15,9 @@ VENV="$REPO/.venv"
 REQUIREMENTS="$REPO/python-fixtures/requirements.txt"
 STAMP="$VENV/.requirements.sha256"
 export DEBIAN_FRONTEND=noninteractive
+# The RabbitMQ virtual host every test uses (created below).
+export AMQP_VHOST="${AMQP_VHOST:-celeriac-test}"
+export CELERIAC_TEST_AMQP_URL="${CELERIAC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/$AMQP_VHOST}"
 
 STAGE="start"
 stage() {
@@ -44,8 +47,8 @@ apt_install() {
         as_root apt-get update
         APT_UPDATED=1
     fi
-    # Installing a service package would start it; start nothing here (Redis is started
-    # below, RabbitMQ is not used yet). policy-rc.d is Debian's switch for exactly that.
+    # Installing a service package would start it; start nothing here (Redis and
+    # RabbitMQ are started below, the way this script wants them). policy-rc.d is Debian's switch for exactly that.
     local policy=/usr/sbin/policy-rc.d made_policy=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
@@ -110,6 +113,24 @@ if ! redis-cli ping >/dev/null 2>&1; then
     done
 fi
 redis-cli ping
+
+stage "rabbitmq (vhost $AMQP_VHOST)"
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    echo "rabbitmq is not running; starting rabbitmq-server"
+    as_root rabbitmq-server -detached
+fi
+# await_startup waits for the node that is booting (or fails at once if none is).
+for _ in $(seq 1 60); do
+    rabbitmqctl -q await_startup --timeout 120 >/dev/null 2>&1 && break
+    sleep 1
+done
+rabbitmqctl -q await_startup --timeout 120
+# The tests' own vhost, so they never touch a real application's queues.
+if ! rabbitmqctl -q list_vhosts | grep -qx "$AMQP_VHOST"; then
+    rabbitmqctl -q add_vhost "$AMQP_VHOST"
+fi
+rabbitmqctl -q set_permissions -p "$AMQP_VHOST" guest '.*' '.*' '.*'
+rabbitmqctl -q list_vhosts
 
 stage "cargo build --release -p interop-tests --bin interop-worker"
 cargo build --release -p interop-tests --bin interop-worker
