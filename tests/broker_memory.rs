@@ -88,12 +88,12 @@ async fn dropping_an_unsettled_delivery_restores_it() {
 #[tokio::test]
 async fn urls_that_are_not_brokers_are_typed_errors() {
     use celeriac::broker::{BrokerError, UrlError};
-    let err = AnyBroker::connect("amqp://guest@localhost//", BrokerOptions::default())
+    let err = AnyBroker::connect("amqp://h:0//", BrokerOptions::default())
         .await
         .err()
         .unwrap();
     assert!(
-        matches!(err, BrokerError::Url(UrlError::AmqpNotAvailable(_))),
+        matches!(err, BrokerError::Url(UrlError::InvalidPort(_))),
         "{err}"
     );
     let err = AnyBroker::connect("nope", BrokerOptions::default())

@@ -1,16 +1,21 @@
 //! Storing outcomes: the result backends.
 //!
 //! A backend keeps each task's latest [`ResultMeta`] where a caller can find it: Redis
-//! (`celery-task-meta-<id>`, pushed to subscribers as it is written) or an in-process map.
+//! (`celery-task-meta-<id>`, pushed to subscribers as it is written), an in-process map,
+//! or (`rpc://`) a message to the caller's own reply queue.
 //! [`AnyBackend`] is the closed set the worker and the client hold; it is cheap to clone.
 
 pub mod memory;
 pub mod redis;
+pub mod rpc;
 
 use std::time::Duration;
 
 pub use self::redis::RedisBackend;
 pub use memory::MemoryBackend;
+pub use rpc::{ReplyTo, RpcBackend};
+
+use crate::broker::{AnyBroker, BrokerError};
 
 use crate::protocol::result_meta::{ResultDecodeError, ResultEncodeError};
 use crate::protocol::{ResultMeta, Serializer, TaskState};
@@ -107,6 +112,25 @@ pub enum BackendError {
         #[source]
         source: ResultDecodeError,
     },
+    /// The RPC backend could not send a result to the caller's reply queue.
+    #[error("cannot send the result of task {task_id} to reply queue {queue:?}: {source}")]
+    Reply {
+        /// The task whose result was sent.
+        task_id: String,
+        /// The caller's reply queue.
+        queue: String,
+        /// The broker's error.
+        #[source]
+        source: BrokerError,
+    },
+    /// The RPC backend was asked to store a result without a reply queue to send it to.
+    #[error(
+        "the rpc:// backend sends results to the caller's reply queue; task {task_id} has none"
+    )]
+    NoReplyTo {
+        /// The task.
+        task_id: String,
+    },
     /// The serialized result is larger than Redis accepts (Celery's BackendStoreError).
     #[error("result of task {task_id} is too large for the backend ({len} bytes)")]
     TooLarge {
@@ -123,6 +147,7 @@ impl BackendError {
     pub fn is_connection_error(&self) -> bool {
         match self {
             Self::Connect { .. } => true,
+            Self::Reply { source, .. } => source.is_connection_error(),
             Self::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()
@@ -144,14 +169,34 @@ pub enum AnyBackend {
     Memory(MemoryBackend),
     /// Redis (`redis://`, `rediss://`).
     Redis(RedisBackend),
+    /// Celery's RPC backend (`rpc://`): results go to the caller's reply queue.
+    Rpc(RpcBackend),
 }
 
 impl AnyBackend {
     /// Open the backend named by `url`: `None` disables results; `redis://`, `rediss://`
-    /// and `memory://` are supported. `rpc://` is not available yet.
+    /// and `memory://` are supported here. `rpc://` sends results through the broker, so it
+    /// needs [`AnyBackend::connect_with_broker`].
     pub async fn connect(
         url: Option<&str>,
         opts: BackendOptions,
+    ) -> Result<AnyBackend, BackendError> {
+        Self::open(url, opts, None).await
+    }
+
+    /// Like [`AnyBackend::connect`], and `rpc://` publishes results through `broker`.
+    pub async fn connect_with_broker(
+        url: Option<&str>,
+        opts: BackendOptions,
+        broker: &AnyBroker,
+    ) -> Result<AnyBackend, BackendError> {
+        Self::open(url, opts, Some(broker)).await
+    }
+
+    async fn open(
+        url: Option<&str>,
+        opts: BackendOptions,
+        broker: Option<&AnyBroker>,
     ) -> Result<AnyBackend, BackendError> {
         let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
             return Ok(Self::Disabled);
@@ -166,27 +211,50 @@ impl AnyBackend {
         match scheme.as_str() {
             "memory" | "cache+memory" => Ok(Self::Memory(MemoryBackend::open(url, opts))),
             "redis" | "rediss" => Ok(Self::Redis(RedisBackend::connect(url, opts).await?)),
-            "rpc" => Err(BackendError::Unsupported {
-                url: mask_password(url),
-                reason: "the rpc:// backend needs the AMQP transport, which is not available yet"
-                    .into(),
-            }),
+            "rpc" => match broker {
+                Some(b) => Ok(Self::Rpc(RpcBackend::new(b.clone(), opts))),
+                None => Err(BackendError::Unsupported {
+                    url: mask_password(url),
+                    reason: "the rpc:// backend sends results through the broker: open it with \
+                             AnyBackend::connect_with_broker"
+                        .into(),
+                }),
+            },
             other => Err(BackendError::Unsupported {
                 url: mask_password(url),
                 reason: format!(
-                    "unknown scheme `{other}` (expected redis://, rediss:// or memory://)"
+                    "unknown scheme `{other}` (expected redis://, rediss://, rpc:// or memory://)"
                 ),
             }),
         }
     }
 
     /// Store a state change. SUCCESS is final: a later store for the same task is dropped,
-    /// as Celery does. With results disabled this does nothing.
+    /// as Celery does. With results disabled this does nothing. The RPC backend needs to
+    /// know where to send it ([`AnyBackend::store_for`]); here it is [`BackendError::NoReplyTo`].
     pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         match self {
             Self::Disabled => Ok(()),
             Self::Memory(b) => b.store(meta),
             Self::Redis(b) => b.store(meta).await,
+            Self::Rpc(_) => Err(BackendError::NoReplyTo {
+                task_id: meta.task_id.clone(),
+            }),
+        }
+    }
+
+    /// Store a state change of a task whose message asked for replies at `reply`, as the
+    /// worker does: the RPC backend sends it there (nothing is sent without a reply queue,
+    /// as in Celery); the other backends store it by task id like [`AnyBackend::store`].
+    pub async fn store_for(
+        &self,
+        meta: &ResultMeta,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BackendError> {
+        match (self, reply) {
+            (Self::Rpc(b), Some(to)) => b.store(meta, to).await,
+            (Self::Rpc(_), None) => Ok(()),
+            _ => self.store(meta).await,
         }
     }
 
@@ -197,6 +265,12 @@ impl AnyBackend {
             Self::Disabled => Ok(None),
             Self::Memory(b) => Ok(b.get(task_id)),
             Self::Redis(b) => b.get(task_id).await,
+            Self::Rpc(_) => Err(BackendError::Unsupported {
+                url: "rpc://".into(),
+                reason: "rpc:// results are messages for the client that sent the task; \
+                         they cannot be read by task id"
+                    .into(),
+            }),
         }
     }
 
@@ -211,6 +285,12 @@ impl AnyBackend {
             Self::Disabled => Err(BackendError::Disabled { op: "awaited" }),
             Self::Memory(b) => Ok(b.wait(task_id, timeout).await),
             Self::Redis(b) => b.wait(task_id, timeout).await,
+            Self::Rpc(_) => Err(BackendError::Unsupported {
+                url: "rpc://".into(),
+                reason: "rpc:// results are awaited on the reply queue of the client that \
+                         sent the task"
+                    .into(),
+            }),
         }
     }
 
@@ -220,6 +300,7 @@ impl AnyBackend {
             Self::Disabled => "disabled://".to_owned(),
             Self::Memory(b) => b.url().to_owned(),
             Self::Redis(b) => b.describe(),
+            Self::Rpc(b) => b.describe(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! * Priorities follow kombu's Redis transport on every broker: steps `[0, 3, 6, 9]`, and a
 //!   lower number is served first (PROTOCOL.md section 5.3).
 
+pub mod amqp;
 pub mod memory;
 pub mod redis;
 pub mod url;
@@ -17,11 +18,13 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
+pub use amqp::{AmqpBroker, AmqpConsumer};
 pub use memory::{MemoryBroker, MemoryConsumer};
 pub use redis::{RedisBroker, RedisConsumer};
-pub use url::{BrokerUrl, UrlError};
+pub use url::{AmqpUrl, BrokerUrl, UrlError};
 
-/// The Redis list (and memory-broker store) where undecodable messages are kept.
+/// Where undecodable messages are kept: a Redis list, a durable RabbitMQ queue, or the
+/// memory broker's store.
 pub const DEAD_LETTER_KEY: &str = "celeriac.dead_letter";
 
 /// Why a broker operation failed.
@@ -68,6 +71,64 @@ pub enum BrokerError {
         /// The routing key published with.
         routing_key: String,
     },
+    /// Connecting to RabbitMQ failed.
+    #[error("cannot connect to the broker at {url}: {source}")]
+    AmqpConnect {
+        /// The broker URL, password masked.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// An AMQP operation failed.
+    #[error("AMQP {op} failed: {source}")]
+    Amqp {
+        /// What was being done.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// Declaring a queue failed, typically because it exists with other arguments (a
+    /// different `x-max-priority` or queue type).
+    #[error("cannot declare queue {queue:?}: {source}")]
+    Declare {
+        /// The queue.
+        queue: String,
+        /// RabbitMQ's refusal.
+        #[source]
+        source: lapin::Error,
+    },
+    /// RabbitMQ did not confirm a publish (a `basic.nack`): the message may not be stored.
+    #[error(
+        "the broker did not confirm the message published to exchange {exchange:?} with routing key {routing_key:?}"
+    )]
+    NotConfirmed {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key published with.
+        routing_key: String,
+    },
+    /// RabbitMQ cancelled the consumer (e.g. its queue was deleted).
+    #[error("the broker cancelled the consumer (was the queue deleted?)")]
+    ConsumerCancelled,
+    /// A name or property is longer than AMQP's 255-byte short strings allow.
+    #[error("{what} is {len} bytes long; AMQP allows at most 255")]
+    TooLong {
+        /// Which value.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The CA certificate file for `amqps://` could not be read.
+    #[error("cannot read the CA certificate file {path:?}: {source}")]
+    TlsCaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// `consume` was given no queue.
     #[error("consume needs at least one queue")]
     NoQueues,
@@ -81,7 +142,9 @@ impl BrokerError {
     /// operation may succeed after reconnecting, unlike a malformed request.
     pub fn is_connection_error(&self) -> bool {
         match self {
-            BrokerError::Connect { .. } => true,
+            BrokerError::Connect { .. } | BrokerError::AmqpConnect { .. } => true,
+            BrokerError::ConsumerCancelled => true,
+            BrokerError::Amqp { source, .. } => amqp_connection_error(source),
             BrokerError::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()
@@ -93,6 +156,29 @@ impl BrokerError {
     }
 }
 
+/// Whether a lapin error means the connection (or its channel) is gone, so that the same
+/// operation may succeed after reconnecting. A refusal by RabbitMQ (a soft error such as
+/// `NOT_FOUND` or `PRECONDITION_FAILED`) is not.
+fn amqp_connection_error(err: &lapin::Error) -> bool {
+    use lapin::ErrorKind as K;
+    match err.kind() {
+        K::IOError(_) | K::MissingHeartbeatError | K::InvalidConnectionState(_) => true,
+        K::InvalidChannelState(..) | K::InvalidChannel(_) => true,
+        K::ProtocolError(_) => err.is_amqp_hard_error(),
+        _ => false,
+    }
+}
+
+/// The RabbitMQ queue type to declare (Celery's `task_default_queue_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic queue (RabbitMQ's default).
+    #[default]
+    Classic,
+    /// A quorum queue (`x-queue-type: quorum`): replicated across a cluster's nodes.
+    Quorum,
+}
+
 /// Options for connecting a broker.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
@@ -100,6 +186,12 @@ pub struct BrokerOptions {
     pub visibility_timeout: Duration,
     /// Redis: how often to look for messages to restore.
     pub restore_interval: Duration,
+    /// RabbitMQ: the type of the queues declared for consuming.
+    pub queue_type: QueueType,
+    /// RabbitMQ: declare queues with `x-max-priority` (Celery's `task_queue_max_priority`).
+    pub max_priority: Option<u8>,
+    /// `amqps://`: a PEM file of CA certificates to trust besides the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerOptions {
@@ -107,6 +199,9 @@ impl Default for BrokerOptions {
         BrokerOptions {
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(10),
+            queue_type: QueueType::Classic,
+            max_priority: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -118,14 +213,18 @@ pub enum AnyBroker {
     Memory(memory::MemoryBroker),
     /// kombu's Redis transport.
     Redis(redis::RedisBroker),
+    /// RabbitMQ.
+    Amqp(amqp::AmqpBroker),
 }
 
 impl AnyBroker {
-    /// Connect to the broker named by `url` (`redis://`, `rediss://`, `memory://`).
+    /// Connect to the broker named by `url` (`redis://`, `rediss://`, `amqp://`,
+    /// `amqps://`, `memory://`).
     pub async fn connect(url: &str, opts: BrokerOptions) -> Result<AnyBroker, BrokerError> {
         match BrokerUrl::parse(url)? {
             BrokerUrl::Memory { name } => Ok(AnyBroker::Memory(MemoryBroker::named(&name))),
             BrokerUrl::Redis(r) => Ok(AnyBroker::Redis(RedisBroker::connect(r, opts).await?)),
+            BrokerUrl::Amqp(a) => Ok(AnyBroker::Amqp(AmqpBroker::connect(a, opts).await?)),
         }
     }
 
@@ -141,12 +240,14 @@ impl AnyBroker {
         match self {
             AnyBroker::Memory(b) => b.publish(msg, exchange, routing_key),
             AnyBroker::Redis(b) => b.publish(msg, exchange, routing_key).await,
+            AnyBroker::Amqp(b) => b.publish(msg, exchange, routing_key).await,
         }
     }
 
     /// Start consuming `queues`; at most `prefetch` deliveries are held un-settled at once
-    /// (`0` means no limit, as kombu's `prefetch_count=0`). Like a kombu worker, this binds
-    /// each queue to the direct exchange of the same name.
+    /// (`0` means no limit, as kombu's `prefetch_count=0`; on RabbitMQ the limit is per
+    /// queue, as `basic.qos` with `global=false` sets it). Like a Celery worker, this
+    /// declares each queue and binds it to the direct exchange of the same name.
     pub async fn consume(
         &self,
         queues: &[String],
@@ -155,6 +256,7 @@ impl AnyBroker {
         match self {
             AnyBroker::Memory(b) => b.consume(queues, prefetch).map(Consumer::Memory),
             AnyBroker::Redis(b) => b.consume(queues, prefetch).await.map(Consumer::Redis),
+            AnyBroker::Amqp(b) => b.consume(queues, prefetch).await.map(Consumer::Amqp),
         }
     }
 
@@ -163,6 +265,7 @@ impl AnyBroker {
         match self {
             AnyBroker::Memory(b) => b.describe(),
             AnyBroker::Redis(b) => b.describe(),
+            AnyBroker::Amqp(b) => b.describe(),
         }
     }
 }
@@ -173,6 +276,8 @@ pub enum Consumer {
     Memory(memory::MemoryConsumer),
     /// Redis.
     Redis(redis::RedisConsumer),
+    /// RabbitMQ.
+    Amqp(amqp::AmqpConsumer),
 }
 
 impl Consumer {
@@ -183,6 +288,7 @@ impl Consumer {
         match self {
             Consumer::Memory(c) => c.next().await,
             Consumer::Redis(c) => c.next().await,
+            Consumer::Amqp(c) => c.next().await,
         }
     }
 
@@ -193,6 +299,7 @@ impl Consumer {
         match self {
             Consumer::Memory(c) => c.close().await,
             Consumer::Redis(c) => c.close().await,
+            Consumer::Amqp(c) => c.close().await,
         }
     }
 }
@@ -201,6 +308,7 @@ impl Consumer {
 pub(crate) enum Acker {
     Memory(memory::MemoryAcker),
     Redis(redis::RedisAcker),
+    Amqp(amqp::AmqpAcker),
 }
 
 /// One message taken from a queue. It owns its acknowledgement and one prefetch slot.
@@ -253,13 +361,15 @@ impl Delivery {
                 Ok(())
             }
             Some(Acker::Redis(a)) => a.ack(&self.tag).await,
+            Some(Acker::Amqp(a)) => a.ack().await,
             None => Ok(()),
         }
     }
 
     /// Reject with requeue (kombu's `reject(requeue=True)`): put the message at the back of
     /// its queue (Redis: `LPUSH`) with `headers.redelivered` and
-    /// `properties.delivery_info.redelivered` set, the same delivery tag.
+    /// `properties.delivery_info.redelivered` set, the same delivery tag. RabbitMQ:
+    /// `basic.reject(requeue=true)`, which puts it back near its old place.
     pub async fn requeue(mut self) -> Result<(), BrokerError> {
         match self.acker.take() {
             Some(Acker::Memory(a)) => {
@@ -267,12 +377,14 @@ impl Delivery {
                 Ok(())
             }
             Some(Acker::Redis(a)) => a.restore(&self.tag, true).await,
+            Some(Acker::Amqp(a)) => a.requeue().await,
             None => Ok(()),
         }
     }
 
     /// Put the message back at the front of its queue (Redis: `RPUSH`), as a warm shutdown
     /// does with messages it will not run; redelivered flags set, same delivery tag.
+    /// RabbitMQ: `basic.reject(requeue=true)`.
     pub async fn restore(mut self) -> Result<(), BrokerError> {
         match self.acker.take() {
             Some(Acker::Memory(a)) => {
@@ -280,6 +392,7 @@ impl Delivery {
                 Ok(())
             }
             Some(Acker::Redis(a)) => a.restore(&self.tag, false).await,
+            Some(Acker::Amqp(a)) => a.requeue().await,
             None => Ok(()),
         }
     }
@@ -299,6 +412,7 @@ impl Delivery {
                 Ok(())
             }
             Some(Acker::Redis(a)) => a.dead_letter(&self.tag, reason).await,
+            Some(Acker::Amqp(a)) => a.dead_letter(&self.message, reason).await,
             None => Ok(()),
         }
     }
@@ -308,6 +422,10 @@ impl Drop for Delivery {
     fn drop(&mut self) {
         match self.acker.take() {
             None => {}
+            Some(Acker::Amqp(_)) => tracing::warn!(
+                delivery_tag = %self.tag,
+                "delivery dropped without ack: RabbitMQ redelivers it when the channel closes"
+            ),
             Some(Acker::Redis(_)) => tracing::warn!(
                 delivery_tag = %self.tag,
                 "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"

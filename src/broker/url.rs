@@ -1,7 +1,10 @@
-//! Broker URLs: `redis://`, `rediss://`, `memory://` (and a typed refusal for `amqp://`).
+//! Broker URLs: `redis://`, `rediss://`, `amqp://`, `amqps://` (and `pyamqp://`), `memory://`.
 //!
 //! The grammar follows kombu's: `redis://[[username]:password@]host[:port][/db][?query]`.
-//! Port defaults to 6379, the database to 0, the host to `localhost`. The password is
+//! Port defaults to 6379, the database to 0, the host to `localhost`.
+//! `amqp://[user[:password]@]host[:port][/vhost]`: user and password default to `guest`,
+//! the port to 5672 (5671 for `amqps://`), and the virtual host to `/`, which an empty path,
+//! `//` and `/%2f` all name, as in kombu. The password is
 //! percent-decoded (kombu unquotes it). Query parameters are accepted and ignored: kombu's
 //! transport options are not taken from the URL by Celery either. Parsing never panics;
 //! every malformed part is reported as a [`UrlError`].
@@ -15,14 +18,18 @@ pub enum UrlError {
     #[error("the broker URL is empty")]
     Empty,
     /// The URL has no `scheme://` part.
-    #[error("the broker URL {0:?} has no scheme (expected redis://, rediss:// or memory://)")]
+    #[error(
+        "the broker URL {0:?} has no scheme (expected redis://, rediss://, amqp://, amqps:// or memory://)"
+    )]
     MissingScheme(String),
     /// A scheme Celeriac does not know.
-    #[error("unsupported broker scheme {0:?} (expected redis://, rediss:// or memory://)")]
+    #[error(
+        "unsupported broker scheme {0:?} (expected redis://, rediss://, amqp://, amqps:// or memory://)"
+    )]
     UnsupportedScheme(String),
-    /// `amqp://` and `amqps://` are recognised but the transport is not written yet.
-    #[error("AMQP transport not available yet ({0}://)")]
-    AmqpNotAvailable(String),
+    /// The virtual host of an AMQP URL is not valid (it must fit in 255 bytes).
+    #[error("invalid AMQP virtual host {0:?} in the broker URL")]
+    InvalidVhost(String),
     /// The port is not a number in 1..=65535.
     #[error("invalid port {0:?} in the broker URL")]
     InvalidPort(String),
@@ -42,6 +49,8 @@ pub enum UrlError {
 pub enum BrokerUrl {
     /// kombu's Redis transport.
     Redis(RedisUrl),
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp(AmqpUrl),
     /// The in-process broker; brokers with the same name share their queues.
     Memory {
         /// Everything after `memory://` (may be empty).
@@ -64,6 +73,46 @@ pub struct RedisUrl {
     pub username: Option<String>,
     /// Password, if given (already percent-decoded).
     pub password: Option<String>,
+}
+
+/// Where an AMQP broker lives.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    /// `amqps://`: TLS.
+    pub tls: bool,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// User name (`guest` when the URL has none).
+    pub username: String,
+    /// Password, percent-decoded (`guest` when the URL has none).
+    pub password: String,
+    /// Virtual host, percent-decoded (`/` when the URL has none).
+    pub vhost: String,
+}
+
+impl AmqpUrl {
+    /// The URL with the password replaced by `**`, as Celery's banner shows it.
+    pub fn masked(&self) -> String {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        // Celery prints the default vhost as `//`.
+        format!(
+            "{scheme}://{}:**@{host}:{}/{}",
+            self.username, self.port, self.vhost
+        )
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
 }
 
 // Debug must not print the password: URLs end up in logs.
@@ -120,7 +169,8 @@ impl BrokerUrl {
             "memory" => Ok(BrokerUrl::Memory {
                 name: rest.to_string(),
             }),
-            s @ ("amqp" | "amqps" | "pyamqp") => Err(UrlError::AmqpNotAvailable(s.to_string())),
+            "amqp" | "pyamqp" => parse_amqp(rest, false).map(BrokerUrl::Amqp),
+            "amqps" => parse_amqp(rest, true).map(BrokerUrl::Amqp),
             other => Err(UrlError::UnsupportedScheme(other.to_string())),
         }
     }
@@ -129,23 +179,63 @@ impl BrokerUrl {
     pub fn masked(&self) -> String {
         match self {
             BrokerUrl::Redis(r) => r.masked(),
+            BrokerUrl::Amqp(a) => a.masked(),
             BrokerUrl::Memory { name } => format!("memory://{name}"),
         }
     }
 }
 
-fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
-    // Drop the query and fragment: options are not read from the URL.
+/// `(userinfo, host[:port], path)` of what follows `scheme://`; query and fragment dropped
+/// (options are not read from the URL).
+fn split_authority(rest: &str) -> (Option<&str>, &str, &str) {
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, ""),
     };
     // The password may contain '@' when not escaped; the last '@' ends the userinfo.
-    let (userinfo, hostport) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
+    match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..], path),
+        None => (None, authority, path),
+    }
+}
+
+fn parse_amqp(rest: &str, tls: bool) -> Result<AmqpUrl, UrlError> {
+    let (userinfo, hostport, path) = split_authority(rest);
+    let (mut username, mut password) = ("guest".to_string(), "guest".to_string());
+    if let Some(ui) = userinfo {
+        let (user, pass) = match ui.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (ui, None),
+        };
+        if !user.is_empty() {
+            username = percent_decode(user)?;
+        }
+        if let Some(p) = pass.filter(|p| !p.is_empty()) {
+            password = percent_decode(p)?;
+        }
+    }
+    let (host, port) = split_host_port(hostport, if tls { 5671 } else { 5672 })?;
+    // kombu: an empty path (and `//`, which leaves `/`) is the default vhost `/`.
+    let vhost = match percent_decode(path)? {
+        v if v.is_empty() => "/".to_string(),
+        v => v,
     };
+    if vhost.len() > 255 {
+        return Err(UrlError::InvalidVhost(vhost));
+    }
+    Ok(AmqpUrl {
+        tls,
+        host,
+        port,
+        username,
+        password,
+        vhost,
+    })
+}
+
+fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
+    let (userinfo, hostport, path) = split_authority(rest);
     let (username, password) = match userinfo {
         None => (None, None),
         Some(ui) => {
@@ -165,7 +255,7 @@ fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
             (user, pass)
         }
     };
-    let (host, port) = split_host_port(hostport)?;
+    let (host, port) = split_host_port(hostport, 6379)?;
     let db_text = path.trim_end_matches('/');
     let db = if db_text.is_empty() {
         0
@@ -186,7 +276,7 @@ fn parse_redis(rest: &str, tls: bool) -> Result<RedisUrl, UrlError> {
     })
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), UrlError> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), UrlError> {
     let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
         let Some(end) = inner.find(']') else {
             return Err(UrlError::InvalidHost(hostport.to_string()));
@@ -205,7 +295,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), UrlError> {
         }
     };
     let port = match port {
-        None | Some("") => 6379,
+        None | Some("") => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -291,6 +381,51 @@ mod tests {
         );
     }
 
+    fn amqp(url: &str) -> AmqpUrl {
+        match BrokerUrl::parse(url) {
+            Ok(BrokerUrl::Amqp(a)) => a,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn amqp_urls_follow_kombu() {
+        // Checked against kombu 5.7's Connection(url): hostname, port, userid, password,
+        // virtual_host (with the transport's defaults filled in).
+        let a = amqp("amqp://");
+        assert_eq!(
+            (
+                a.host.as_str(),
+                a.port,
+                a.username.as_str(),
+                a.password.as_str(),
+                a.vhost.as_str(),
+                a.tls
+            ),
+            ("localhost", 5672, "guest", "guest", "/", false)
+        );
+        for url in ["amqp://h/", "amqp://h//", "amqp://h/%2f", "pyamqp://h"] {
+            assert_eq!(amqp(url).vhost, "/", "{url}");
+        }
+        let a = amqp("amqp://u:p%40x@h:1234/foo?heartbeat=3");
+        assert_eq!(
+            (
+                a.host.as_str(),
+                a.port,
+                a.username.as_str(),
+                a.password.as_str(),
+                a.vhost.as_str()
+            ),
+            ("h", 1234, "u", "p@x", "foo")
+        );
+        assert_eq!(a.masked(), "amqp://u:**@h:1234/foo");
+        assert!(!format!("{a:?}").contains("p@x"));
+        let a = amqp("amqps://h");
+        assert_eq!((a.port, a.tls), (5671, true));
+        assert_eq!(amqp("amqp://u@[::1]/v").host, "::1");
+        assert_eq!(amqp("amqp://u@[::1]/v").password, "guest");
+    }
+
     #[test]
     fn memory_urls() {
         assert_eq!(
@@ -317,8 +452,12 @@ mod tests {
             Err(UrlError::UnsupportedScheme(_))
         ));
         assert!(matches!(
-            BrokerUrl::parse("amqp://guest@h//"),
-            Err(UrlError::AmqpNotAvailable(_))
+            BrokerUrl::parse("amqp://h:0/"),
+            Err(UrlError::InvalidPort(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("amqp://u:%zz@h/"),
+            Err(UrlError::InvalidPercentEncoding)
         ));
         assert!(matches!(
             BrokerUrl::parse("redis://h:99999/0"),

@@ -18,16 +18,27 @@ pub type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
 /// Split a decoded v2 body into args, kwargs and embed.
 pub fn parse_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
     let Value::Array(items) = body else {
-        return Err(DecodeError::BodyShape(format!("expected [args, kwargs, embed], got {}", kind(&body))));
+        return Err(DecodeError::BodyShape(format!(
+            "expected [args, kwargs, embed], got {}",
+            kind(&body)
+        )));
     };
     let Ok::<[Value; 3], _>([args, kwargs, embed]) = items.try_into() else {
-        return Err(DecodeError::BodyShape("expected exactly 3 items: [args, kwargs, embed]".into()));
+        return Err(DecodeError::BodyShape(
+            "expected exactly 3 items: [args, kwargs, embed]".into(),
+        ));
     };
     let Value::Array(args) = args else {
-        return Err(DecodeError::BodyShape(format!("task args must be a list, got {}", kind(&args))));
+        return Err(DecodeError::BodyShape(format!(
+            "task args must be a list, got {}",
+            kind(&args)
+        )));
     };
     let Value::Object(kwargs) = kwargs else {
-        return Err(DecodeError::BodyShape(format!("task keyword arguments must be a mapping, got {}", kind(&kwargs))));
+        return Err(DecodeError::BodyShape(format!(
+            "task keyword arguments must be a mapping, got {}",
+            kind(&kwargs)
+        )));
     };
     let embed = match embed {
         Value::Null => Embed::default(),
@@ -43,9 +54,18 @@ pub fn parse_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
                 }
             };
             let known = embed_from_fields(&mut fields)?;
-            Embed { chain, extra: fields, ..known }
+            Embed {
+                chain,
+                extra: fields,
+                ..known
+            }
         }
-        other => return Err(DecodeError::BodyShape(format!("embed must be a mapping or null, got {}", kind(&other)))),
+        other => {
+            return Err(DecodeError::BodyShape(format!(
+                "embed must be a mapping or null, got {}",
+                kind(&other)
+            )));
+        }
     };
     Ok((args, kwargs, embed))
 }
@@ -57,9 +77,10 @@ pub fn embed_from_fields(fields: &mut Map<String, Value>) -> Result<Embed, Decod
     let list = |name: &str, v: Option<Value>| match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => Ok(Some(items)),
-        Some(other) => {
-            Err(DecodeError::BodyShape(format!("embed {name} must be a list or null, got {}", kind(&other))))
-        }
+        Some(other) => Err(DecodeError::BodyShape(format!(
+            "embed {name} must be a list or null, got {}",
+            kind(&other)
+        ))),
     };
     let callbacks = list("callbacks", fields.remove("callbacks"))?;
     let errbacks = list("errbacks", fields.remove("errbacks"))?;
@@ -73,13 +94,22 @@ pub fn embed_from_fields(fields: &mut Map<String, Value>) -> Result<Embed, Decod
             )));
         }
     };
-    Ok(Embed { callbacks, errbacks, chain: None, chord, extra: Map::new() })
+    Ok(Embed {
+        callbacks,
+        errbacks,
+        chain: None,
+        chord,
+        extra: Map::new(),
+    })
 }
 
 /// The embed map as Celery writes it: the four canvas keys (null when unset), then any
 /// extra keys.
 pub fn embed_to_value(embed: &Embed) -> Value {
-    let list = |v: &Option<Vec<Value>>| v.as_ref().map_or(Value::Null, |items| Value::Array(items.clone()));
+    let list = |v: &Option<Vec<Value>>| {
+        v.as_ref()
+            .map_or(Value::Null, |items| Value::Array(items.clone()))
+    };
     let mut map = Map::new();
     map.insert("callbacks".into(), list(&embed.callbacks));
     map.insert("errbacks".into(), list(&embed.errbacks));
@@ -95,7 +125,11 @@ pub fn embed_to_value(embed: &Embed) -> Value {
 
 /// The v2 body value `[args, kwargs, embed]`.
 pub fn v2_body(args: &[Value], kwargs: &Map<String, Value>, embed: &Embed) -> Value {
-    Value::Array(vec![Value::Array(args.to_vec()), Value::Object(kwargs.clone()), embed_to_value(embed)])
+    Value::Array(vec![
+        Value::Array(args.to_vec()),
+        Value::Object(kwargs.clone()),
+        embed_to_value(embed),
+    ])
 }
 
 /// A short name of a value's JSON type, for error messages.
@@ -151,7 +185,10 @@ mod tests {
             json!([[], {}, {"callbacks": {}}]),
             json!([[], {}, {"chord": []}]),
         ] {
-            assert!(matches!(parse_v2_body(body.clone()), Err(DecodeError::BodyShape(_))), "{body}");
+            assert!(
+                matches!(parse_v2_body(body.clone()), Err(DecodeError::BodyShape(_))),
+                "{body}"
+            );
         }
     }
 }

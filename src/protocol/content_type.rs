@@ -89,28 +89,36 @@ impl Serializer {
                 check_markers(value)?;
                 Ok(to_python_json(value).into_bytes())
             }
-            Serializer::Msgpack => {
-                rmp_serde::to_vec(&MsgpackOut(value)).map_err(|e| EncodeError::Msgpack(e.to_string()))
-            }
+            Serializer::Msgpack => rmp_serde::to_vec(&MsgpackOut(value))
+                .map_err(|e| EncodeError::Msgpack(e.to_string())),
         }
     }
 
     /// Deserialize bytes into a value.
     pub fn deserialize(self, bytes: &[u8]) -> Result<Value, DecodeError> {
-        let fail = |reason: String| DecodeError::Body { serializer: self, reason };
+        let fail = |reason: String| DecodeError::Body {
+            serializer: self,
+            reason,
+        };
         match self {
             Serializer::Json => {
-                let value: Value = serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
+                let value: Value =
+                    serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
                 check_markers(&value)?;
                 Ok(value)
             }
             Serializer::Msgpack => {
                 let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-                let value = MsgpackIn { depth: 0 }.deserialize(&mut de).map_err(|e| fail(e.to_string()))?;
+                let value = MsgpackIn { depth: 0 }
+                    .deserialize(&mut de)
+                    .map_err(|e| fail(e.to_string()))?;
                 // `unpackb` refuses trailing bytes (ExtraData).
                 let used = de.position();
                 if used != bytes.len() as u64 {
-                    return Err(fail(format!("{} extra bytes after the value", bytes.len() as u64 - used)));
+                    return Err(fail(format!(
+                        "{} extra bytes after the value",
+                        bytes.len() as u64 - used
+                    )));
                 }
                 Ok(value)
             }
@@ -169,7 +177,9 @@ impl MsgpackIn {
         if self.depth >= MAX_DEPTH {
             return Err(E::custom(format!("nested deeper than {MAX_DEPTH} levels")));
         }
-        Ok(MsgpackIn { depth: self.depth + 1 })
+        Ok(MsgpackIn {
+            depth: self.depth + 1,
+        })
     }
 }
 
@@ -278,9 +288,20 @@ mod tests {
 
     #[test]
     fn content_types_match_kombu_exactly() {
-        assert_eq!(Serializer::from_content_type("application/json"), Some(Serializer::Json));
-        assert_eq!(Serializer::from_content_type("application/x-msgpack"), Some(Serializer::Msgpack));
-        for other in ["application/msgpack", "application/json; charset=utf-8", "", "application/x-python-serialize"] {
+        assert_eq!(
+            Serializer::from_content_type("application/json"),
+            Some(Serializer::Json)
+        );
+        assert_eq!(
+            Serializer::from_content_type("application/x-msgpack"),
+            Some(Serializer::Msgpack)
+        );
+        for other in [
+            "application/msgpack",
+            "application/json; charset=utf-8",
+            "",
+            "application/x-python-serialize",
+        ] {
             assert_eq!(Serializer::from_content_type(other), None, "{other}");
         }
         assert_eq!(Serializer::Msgpack.content_encoding(), "binary");
@@ -326,8 +347,15 @@ mod tests {
             Serializer::Json.deserialize(br#"{"__type__": "pickle", "__value__": "x"}"#),
             Err(DecodeError::Marker(_))
         ));
-        assert!(matches!(Serializer::Json.serialize(&bad), Err(EncodeError::Marker(_))));
+        assert!(matches!(
+            Serializer::Json.serialize(&bad),
+            Err(EncodeError::Marker(_))
+        ));
         // A third key makes it an ordinary dict.
-        assert!(Serializer::Json.deserialize(br#"{"__type__": "pickle", "__value__": "x", "y": 1}"#).is_ok());
+        assert!(
+            Serializer::Json
+                .deserialize(br#"{"__type__": "pickle", "__value__": "x", "y": 1}"#)
+                .is_ok()
+        );
     }
 }

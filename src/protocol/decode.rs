@@ -38,7 +38,9 @@ pub enum DecodeError {
         reason: String,
     },
     /// No `task` header, and the body is not a protocol v1 task dict.
-    #[error("not a Celery task message: no \"task\" header and the body is not a protocol v1 task dict")]
+    #[error(
+        "not a Celery task message: no \"task\" header and the body is not a protocol v1 task dict"
+    )]
     NotATask,
     /// A required header (or v1 body field) is absent.
     #[error("missing required header {0:?}")]
@@ -62,7 +64,10 @@ pub enum DecodeError {
 
 impl DecodeError {
     pub(crate) fn header(name: &str, reason: impl Into<String>) -> Self {
-        DecodeError::InvalidHeader { name: name.to_string(), reason: reason.into() }
+        DecodeError::InvalidHeader {
+            name: name.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -80,7 +85,11 @@ pub fn decode(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
                 let (headers, parts) = hybrid(&raw.headers, fields)?;
                 (ProtocolVersion::V1, headers, parts)
             }
-            body => (ProtocolVersion::V2, TaskHeaders::from_map(&raw.headers)?, parse_v2_body(body)?),
+            body => (
+                ProtocolVersion::V2,
+                TaskHeaders::from_map(&raw.headers)?,
+                parse_v2_body(body)?,
+            ),
         }
     } else {
         match body {
@@ -115,23 +124,38 @@ fn decompress(raw: &RawMessage) -> Result<Cow<'_, [u8]>, DecodeError> {
                 .map_err(|e| DecodeError::Compression(format!("{mime}: {e}")))?;
             Ok(Cow::Owned(out))
         }
-        Some(Value::String(mime)) => Err(DecodeError::Compression(format!("{mime} (only {ZLIB_MIME} is supported)"))),
-        Some(other) => Err(DecodeError::header("compression", format!("expected a mime type string, got {other}"))),
+        Some(Value::String(mime)) => Err(DecodeError::Compression(format!(
+            "{mime} (only {ZLIB_MIME} is supported)"
+        ))),
+        Some(other) => Err(DecodeError::header(
+            "compression",
+            format!("expected a mime type string, got {other}"),
+        )),
     }
 }
 
 /// `args` and `kwargs` of a v1 / hybrid body: `body.get('args', ())`, `body.get('kwargs', {})`,
 /// kwargs must be a mapping.
-fn v1_args(fields: &mut Map<String, Value>) -> Result<(Vec<Value>, Map<String, Value>), DecodeError> {
+fn v1_args(
+    fields: &mut Map<String, Value>,
+) -> Result<(Vec<Value>, Map<String, Value>), DecodeError> {
     let args = match fields.remove("args") {
         None => Vec::new(),
         Some(Value::Array(a)) => a,
-        Some(other) => return Err(DecodeError::BodyShape(format!("task args must be a list, got {other}"))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "task args must be a list, got {other}"
+            )));
+        }
     };
     let kwargs = match fields.remove("kwargs") {
         None => Map::new(),
         Some(Value::Object(k)) => k,
-        Some(_) => return Err(DecodeError::BodyShape("Task keyword arguments must be a mapping".into())),
+        Some(_) => {
+            return Err(DecodeError::BodyShape(
+                "Task keyword arguments must be a mapping".into(),
+            ));
+        }
     };
     Ok((args, kwargs))
 }
@@ -145,8 +169,14 @@ fn proto1(mut fields: Map<String, Value>) -> Result<(TaskHeaders, BodyParts), De
     if let Some(taskset) = fields.remove("taskset") {
         fields.insert("group".into(), taskset);
     }
-    fields.insert("argsrepr".into(), Value::String(saferepr(&Value::Array(args.clone()), None)));
-    fields.insert("kwargsrepr".into(), Value::String(saferepr(&Value::Object(kwargs.clone()), None)));
+    fields.insert(
+        "argsrepr".into(),
+        Value::String(saferepr(&Value::Array(args.clone()), None)),
+    );
+    fields.insert(
+        "kwargsrepr".into(),
+        Value::String(saferepr(&Value::Object(kwargs.clone()), None)),
+    );
     let headers = TaskHeaders::from_map(&fields)?;
     Ok((headers, (args, kwargs, embed)))
 }
@@ -160,20 +190,43 @@ fn hybrid(
     let (args, kwargs) = v1_args(&mut fields)?;
     let embed = embed_from_fields(&mut fields)?;
     let mut headers = Map::new();
-    for name in ["lang", "task", "id", "root_id", "parent_id", "group", "meth", "shadow", "eta", "expires"] {
+    for name in [
+        "lang",
+        "task",
+        "id",
+        "root_id",
+        "parent_id",
+        "group",
+        "meth",
+        "shadow",
+        "eta",
+        "expires",
+    ] {
         // `meth` only matters to Celery's old RPC tasks; keep it only when sent.
         if name == "meth" && !fields.contains_key(name) {
             continue;
         }
-        headers.insert(name.into(), fields.get(name).cloned().unwrap_or(Value::Null));
+        headers.insert(
+            name.into(),
+            fields.get(name).cloned().unwrap_or(Value::Null),
+        );
     }
-    headers.insert("retries".into(), fields.get("retries").cloned().unwrap_or(Value::from(0)));
+    headers.insert(
+        "retries".into(),
+        fields.get("retries").cloned().unwrap_or(Value::from(0)),
+    );
     headers.insert(
         "timelimit".into(),
-        fields.get("timelimit").cloned().unwrap_or(Value::Array(vec![Value::Null, Value::Null])),
+        fields
+            .get("timelimit")
+            .cloned()
+            .unwrap_or(Value::Array(vec![Value::Null, Value::Null])),
     );
     for name in ["argsrepr", "kwargsrepr", "origin"] {
-        headers.insert(name.into(), fields.get(name).cloned().unwrap_or(Value::Null));
+        headers.insert(
+            name.into(),
+            fields.get(name).cloned().unwrap_or(Value::Null),
+        );
     }
     for (k, v) in message_headers {
         headers.insert(k.clone(), v.clone());
@@ -201,7 +254,8 @@ impl IsoDateTime {
     /// The instant, reading a naive value as UTC (Celery's `naive_as_utc`).
     pub fn to_utc(&self) -> Option<DateTime<Utc>> {
         let local = self.date.and_time(self.time);
-        let utc = local.checked_sub_signed(Duration::seconds(i64::from(self.offset.unwrap_or(0))))?;
+        let utc =
+            local.checked_sub_signed(Duration::seconds(i64::from(self.offset.unwrap_or(0))))?;
         Some(DateTime::from_naive_utc_and_offset(utc, Utc))
     }
 }
@@ -209,7 +263,9 @@ impl IsoDateTime {
 /// Read `n` ASCII digits at `pos`.
 fn digits(b: &[u8], pos: usize, n: usize) -> Option<u32> {
     let part = b.get(pos..pos.checked_add(n)?)?;
-    part.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    part.iter().try_fold(0u32, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+    })
 }
 
 /// Parse `YYYY-MM-DD[Thh[:mm[:ss[.ffffff]]][tz]]` (also the basic forms `YYYYMMDD`,
@@ -239,10 +295,14 @@ pub fn parse_iso_datetime(s: &str) -> Result<IsoDateTime, String> {
         }
     };
     let year = i32::try_from(year).map_err(|_| bad())?;
-    let date =
-        NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| format!("{s:?}: day is out of range for month"))?;
+    let date = NaiveDate::from_ymd_opt(year, month, day)
+        .ok_or_else(|| format!("{s:?}: day is out of range for month"))?;
     if pos == b.len() {
-        return Ok(IsoDateTime { date, time: NaiveTime::MIN, offset: None });
+        return Ok(IsoDateTime {
+            date,
+            time: NaiveTime::MIN,
+            offset: None,
+        });
     }
     if !matches!(b.get(pos), Some(b'T' | b't' | b' ')) {
         return Err(bad());
@@ -252,7 +312,10 @@ pub fn parse_iso_datetime(s: &str) -> Result<IsoDateTime, String> {
     let (time, date) = if clock.0 == 24 {
         (NaiveTime::MIN, date.succ_opt().ok_or_else(bad)?)
     } else {
-        (NaiveTime::from_hms_micro_opt(clock.0, clock.1, clock.2, clock.3).ok_or_else(bad)?, date)
+        (
+            NaiveTime::from_hms_micro_opt(clock.0, clock.1, clock.2, clock.3).ok_or_else(bad)?,
+            date,
+        )
     };
     Ok(IsoDateTime { date, time, offset })
 }
@@ -260,13 +323,16 @@ pub fn parse_iso_datetime(s: &str) -> Result<IsoDateTime, String> {
 /// Parse a time of day `hh[:mm[:ss[.ffffff]]][tz]` as `datetime.time.fromisoformat`.
 pub fn parse_iso_time(s: &str) -> Result<(NaiveTime, Option<i32>), String> {
     let ((h, m, sec, micro), offset) = parse_clock(s, false).map_err(|e| format!("{s:?}: {e}"))?;
-    let time = NaiveTime::from_hms_micro_opt(h, m, sec, micro).ok_or_else(|| format!("invalid time {s:?}"))?;
+    let time = NaiveTime::from_hms_micro_opt(h, m, sec, micro)
+        .ok_or_else(|| format!("invalid time {s:?}"))?;
     Ok((time, offset))
 }
 
 /// `eta`/`expires` header value -> instant, naive read as UTC.
 pub fn parse_iso8601(s: &str) -> Result<DateTime<Utc>, String> {
-    parse_iso_datetime(s)?.to_utc().ok_or_else(|| format!("{s:?} is out of range"))
+    parse_iso_datetime(s)?
+        .to_utc()
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 /// Hours, minutes, seconds, microseconds.
@@ -363,16 +429,28 @@ mod tests {
 
     #[test]
     fn iso_aware_naive_and_offsets() {
-        assert_eq!(utc("2030-01-01T12:00:00.123456+00:00"), "2030-01-01T12:00:00.123456Z");
+        assert_eq!(
+            utc("2030-01-01T12:00:00.123456+00:00"),
+            "2030-01-01T12:00:00.123456Z"
+        );
         assert_eq!(utc("2030-01-01T12:00:00"), "2030-01-01T12:00:00.000000Z");
-        assert_eq!(utc("2030-01-01T12:00:00+02:00"), "2030-01-01T10:00:00.000000Z");
-        assert_eq!(utc("2030-01-01T12:00:00-0530"), "2030-01-01T17:30:00.000000Z");
+        assert_eq!(
+            utc("2030-01-01T12:00:00+02:00"),
+            "2030-01-01T10:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("2030-01-01T12:00:00-0530"),
+            "2030-01-01T17:30:00.000000Z"
+        );
         assert_eq!(utc("2030-01-01T12:00Z"), "2030-01-01T12:00:00.000000Z");
         assert_eq!(utc("2030-01-01 12:00:00.5"), "2030-01-01T12:00:00.500000Z");
         assert_eq!(utc("20300101T120000"), "2030-01-01T12:00:00.000000Z");
         assert_eq!(utc("2030-01-01"), "2030-01-01T00:00:00.000000Z");
         assert_eq!(utc("2030-01-01T24:00:00"), "2030-01-02T00:00:00.000000Z");
-        assert_eq!(utc("2030-01-01T12:00:00.1234567"), "2030-01-01T12:00:00.123456Z");
+        assert_eq!(
+            utc("2030-01-01T12:00:00.1234567"),
+            "2030-01-01T12:00:00.123456Z"
+        );
     }
 
     #[test]
@@ -396,7 +474,10 @@ mod tests {
 
     #[test]
     fn iso_time_of_day() {
-        assert_eq!(parse_iso_time("03:04:05").unwrap(), (NaiveTime::from_hms_opt(3, 4, 5).unwrap(), None));
+        assert_eq!(
+            parse_iso_time("03:04:05").unwrap(),
+            (NaiveTime::from_hms_opt(3, 4, 5).unwrap(), None)
+        );
         assert_eq!(parse_iso_time("03:04:05.5+01:00").unwrap().1, Some(3600));
         assert!(parse_iso_time("24:00").is_err());
     }

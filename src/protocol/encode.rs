@@ -58,18 +58,27 @@ pub fn encode(msg: &TaskMessage) -> Result<RawMessage, EncodeError> {
     }
     let headers = headers.to_map();
 
-    let mut body = msg.serializer.serialize(&v2_body(&msg.args, &msg.kwargs, &msg.embed))?;
+    let mut body = msg
+        .serializer
+        .serialize(&v2_body(&msg.args, &msg.kwargs, &msg.embed))?;
     match headers.get("compression") {
         None | Some(Value::Null) => {}
         Some(Value::String(mime)) if mime == ZLIB_MIME => body = zlib(&body)?,
         Some(other) => {
-            return Err(EncodeError::Compression(other.as_str().map_or_else(|| other.to_string(), str::to_string)));
+            return Err(EncodeError::Compression(
+                other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_string),
+            ));
         }
     }
 
     let props = &msg.properties;
     let mut properties = Map::new();
-    properties.insert("correlation_id".into(), Value::String(msg.headers.id.clone()));
+    properties.insert(
+        "correlation_id".into(),
+        Value::String(msg.headers.id.clone()),
+    );
     if let Some(reply_to) = props.get("reply_to") {
         properties.insert("reply_to".into(), reply_to.clone());
     }
@@ -78,11 +87,20 @@ pub fn encode(msg: &TaskMessage) -> Result<RawMessage, EncodeError> {
             properties.insert(k.clone(), v.clone());
         }
     }
-    properties.insert("delivery_mode".into(), props.get("delivery_mode").cloned().unwrap_or(Value::from(2)));
+    properties.insert(
+        "delivery_mode".into(),
+        props
+            .get("delivery_mode")
+            .cloned()
+            .unwrap_or(Value::from(2)),
+    );
     if let Some(expiration) = props.get("expiration") {
         properties.insert("expiration".into(), expiration.clone());
     }
-    properties.insert("priority".into(), props.get("priority").cloned().unwrap_or(Value::from(0)));
+    properties.insert(
+        "priority".into(),
+        props.get("priority").cloned().unwrap_or(Value::from(0)),
+    );
 
     Ok(RawMessage {
         body,
@@ -97,7 +115,9 @@ pub fn encode(msg: &TaskMessage) -> Result<RawMessage, EncodeError> {
 /// kombu's `gzip`/`zlib` compression: a zlib stream at zlib's default level.
 fn zlib(bytes: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(bytes).and_then(|()| enc.finish()).map_err(|e| EncodeError::Compression(format!("{ZLIB_MIME}: {e}")))
+    enc.write_all(bytes)
+        .and_then(|()| enc.finish())
+        .map_err(|e| EncodeError::Compression(format!("{ZLIB_MIME}: {e}")))
 }
 
 /// Python's `datetime.isoformat()` of an aware UTC datetime:
@@ -112,8 +132,15 @@ fn zlib(bytes: &[u8]) -> Result<Vec<u8>, EncodeError> {
 /// ```
 pub fn python_isoformat(t: &DateTime<Utc>) -> String {
     let micro = t.nanosecond() % 1_000_000_000 / 1000;
-    let mut s =
-        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
     if micro != 0 {
         s.push_str(&format!(".{micro:06}"));
     }
@@ -132,13 +159,18 @@ mod tests {
         assert_eq!(python_isoformat(&t), "2030-01-01T12:00:00+00:00");
         let t = t + chrono::Duration::microseconds(123_456) + chrono::Duration::nanoseconds(789);
         assert_eq!(python_isoformat(&t), "2030-01-01T12:00:00.123456+00:00");
-        let t = Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::nanoseconds(500);
+        let t = Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap()
+            + chrono::Duration::nanoseconds(500);
         assert_eq!(python_isoformat(&t), "2030-01-01T12:00:00+00:00");
     }
 
     #[test]
     fn isoformat_reads_back() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 51, 26).unwrap() + chrono::Duration::microseconds(374_251);
-        assert_eq!(super::super::decode::parse_iso8601(&python_isoformat(&t)).unwrap(), t);
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 51, 26).unwrap()
+            + chrono::Duration::microseconds(374_251);
+        assert_eq!(
+            super::super::decode::parse_iso8601(&python_isoformat(&t)).unwrap(),
+            t
+        );
     }
 }

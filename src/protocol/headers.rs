@@ -110,7 +110,10 @@ fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, De
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(DecodeError::header(name, format!("expected a string or null, got {other}"))),
+        Some(other) => Err(DecodeError::header(
+            name,
+            format!("expected a string or null, got {other}"),
+        )),
     }
 }
 
@@ -118,7 +121,10 @@ fn required_string(map: &Map<String, Value>, name: &'static str) -> Result<Strin
     match map.get(name) {
         None => Err(DecodeError::MissingHeader(name)),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(DecodeError::header(name, format!("expected a string, got {other}"))),
+        Some(other) => Err(DecodeError::header(
+            name,
+            format!("expected a string, got {other}"),
+        )),
     }
 }
 
@@ -127,8 +133,13 @@ fn opt_time(map: &Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => parse_iso8601(s).map(Some).map_err(|e| DecodeError::header(name, e)),
-        Some(other) => Err(DecodeError::header(name, format!("expected an ISO-8601 string, got {other}"))),
+        Some(Value::String(s)) => parse_iso8601(s)
+            .map(Some)
+            .map_err(|e| DecodeError::header(name, e)),
+        Some(other) => Err(DecodeError::header(
+            name,
+            format!("expected an ISO-8601 string, got {other}"),
+        )),
     }
 }
 
@@ -136,10 +147,13 @@ fn opt_time(map: &Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>
 fn int_or(map: &Map<String, Value>, name: &str, default: i64) -> Result<i64, DecodeError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => {
-            n.as_i64().ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}")))
-        }
-        Some(other) => Err(DecodeError::header(name, format!("expected an integer, got {other}"))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}"))),
+        Some(other) => Err(DecodeError::header(
+            name,
+            format!("expected an integer, got {other}"),
+        )),
     }
 }
 
@@ -150,11 +164,15 @@ fn limit(v: Option<&Value>) -> Result<Option<f64>, DecodeError> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
-            _ => {
-                Err(DecodeError::header("timelimit", format!("time limit {n} is not a non-negative number of seconds")))
-            }
+            _ => Err(DecodeError::header(
+                "timelimit",
+                format!("time limit {n} is not a non-negative number of seconds"),
+            )),
         },
-        Some(other) => Err(DecodeError::header("timelimit", format!("expected seconds or null, got {other}"))),
+        Some(other) => Err(DecodeError::header(
+            "timelimit",
+            format!("expected seconds or null, got {other}"),
+        )),
     }
 }
 
@@ -175,25 +193,33 @@ impl TaskHeaders {
         let task = required_string(map, "task")?;
         let id = required_string(map, "id")?;
         let retries = int_or(map, "retries", 0)?;
-        let retries = u32::try_from(retries)
-            .map_err(|_| DecodeError::header("retries", format!("{retries} is not a retry count")))?;
+        let retries = u32::try_from(retries).map_err(|_| {
+            DecodeError::header("retries", format!("{retries} is not a retry count"))
+        })?;
         // `if timelimit: self.time_limits = timelimit`: missing, null or [] = no limits;
         // a one-item list gives only the hard limit.
         let timelimit = match map.get("timelimit") {
             None | Some(Value::Null) => (None, None),
-            Some(Value::Array(items)) if items.len() <= 2 => (limit(items.first())?, limit(items.get(1))?),
+            Some(Value::Array(items)) if items.len() <= 2 => {
+                (limit(items.first())?, limit(items.get(1))?)
+            }
             Some(other) => {
-                return Err(DecodeError::header("timelimit", format!("expected [hard, soft], got {other}")));
+                return Err(DecodeError::header(
+                    "timelimit",
+                    format!("expected [hard, soft], got {other}"),
+                ));
             }
         };
         let group_index = match map.get("group_index") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(
-                n.as_i64()
-                    .ok_or_else(|| DecodeError::header("group_index", format!("expected an integer, got {n}")))?,
-            ),
+            Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
+                DecodeError::header("group_index", format!("expected an integer, got {n}"))
+            })?),
             Some(other) => {
-                return Err(DecodeError::header("group_index", format!("expected an integer or null, got {other}")));
+                return Err(DecodeError::header(
+                    "group_index",
+                    format!("expected an integer or null, got {other}"),
+                ));
             }
         };
         let ignore_result = match map.get("ignore_result") {
@@ -202,7 +228,10 @@ impl TaskHeaders {
             // Python reads the header for its truth value.
             Some(Value::Number(n)) => Some(n.as_f64() != Some(0.0)),
             Some(other) => {
-                return Err(DecodeError::header("ignore_result", format!("expected a boolean or null, got {other}")));
+                return Err(DecodeError::header(
+                    "ignore_result",
+                    format!("expected a boolean or null, got {other}"),
+                ));
             }
         };
         let stamped_headers = match map.get("stamped_headers") {
@@ -212,16 +241,26 @@ impl TaskHeaders {
                     .iter()
                     .map(|v| v.as_str().map(str::to_string))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| DecodeError::header("stamped_headers", "expected a list of strings"))?,
+                    .ok_or_else(|| {
+                        DecodeError::header("stamped_headers", "expected a list of strings")
+                    })?,
             ),
             Some(other) => {
-                return Err(DecodeError::header("stamped_headers", format!("expected a list or null, got {other}")));
+                return Err(DecodeError::header(
+                    "stamped_headers",
+                    format!("expected a list or null, got {other}"),
+                ));
             }
         };
         let stamps = match map.get("stamps") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m.clone(),
-            Some(other) => return Err(DecodeError::header("stamps", format!("expected a mapping, got {other}"))),
+            Some(other) => {
+                return Err(DecodeError::header(
+                    "stamps",
+                    format!("expected a mapping, got {other}"),
+                ));
+            }
         };
         let extra = map
             .iter()
@@ -260,21 +299,32 @@ impl TaskHeaders {
     pub fn to_map(&self) -> Map<String, Value> {
         let s = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
         let t = |v: &Option<DateTime<Utc>>| {
-            v.as_ref().map_or(Value::Null, |d| Value::String(super::encode::python_isoformat(d)))
+            v.as_ref().map_or(Value::Null, |d| {
+                Value::String(super::encode::python_isoformat(d))
+            })
         };
         let mut m = Map::new();
-        m.insert("lang".into(), Value::String(self.lang.clone().unwrap_or_else(|| "py".into())));
+        m.insert(
+            "lang".into(),
+            Value::String(self.lang.clone().unwrap_or_else(|| "py".into())),
+        );
         m.insert("task".into(), Value::String(self.task.clone()));
         m.insert("id".into(), Value::String(self.id.clone()));
         m.insert("shadow".into(), s(&self.shadow));
         m.insert("eta".into(), t(&self.eta));
         m.insert("expires".into(), t(&self.expires));
         m.insert("group".into(), s(&self.group));
-        m.insert("group_index".into(), self.group_index.map_or(Value::Null, Value::from));
+        m.insert(
+            "group_index".into(),
+            self.group_index.map_or(Value::Null, Value::from),
+        );
         m.insert("retries".into(), Value::from(self.retries));
         m.insert(
             "timelimit".into(),
-            Value::Array(vec![seconds_value(self.timelimit.0), seconds_value(self.timelimit.1)]),
+            Value::Array(vec![
+                seconds_value(self.timelimit.0),
+                seconds_value(self.timelimit.1),
+            ]),
         );
         let root_id = match &self.root_id {
             Some(r) if !r.is_empty() => r.clone(),
@@ -285,13 +335,19 @@ impl TaskHeaders {
         m.insert("argsrepr".into(), s(&self.argsrepr));
         m.insert("kwargsrepr".into(), s(&self.kwargsrepr));
         m.insert("origin".into(), s(&self.origin));
-        m.insert("ignore_result".into(), self.ignore_result.map_or(Value::Null, Value::Bool));
-        m.insert("replaced_task_nesting".into(), Value::from(self.replaced_task_nesting));
+        m.insert(
+            "ignore_result".into(),
+            self.ignore_result.map_or(Value::Null, Value::Bool),
+        );
+        m.insert(
+            "replaced_task_nesting".into(),
+            Value::from(self.replaced_task_nesting),
+        );
         m.insert(
             "stamped_headers".into(),
-            self.stamped_headers
-                .as_ref()
-                .map_or(Value::Null, |names| Value::Array(names.iter().cloned().map(Value::String).collect())),
+            self.stamped_headers.as_ref().map_or(Value::Null, |names| {
+                Value::Array(names.iter().cloned().map(Value::String).collect())
+            }),
         );
         m.insert("stamps".into(), Value::Object(self.stamps.clone()));
         for (k, v) in &self.extra {
@@ -304,12 +360,16 @@ impl TaskHeaders {
 
     /// The hard time limit (`timelimit[0]`) as a duration.
     pub fn hard_time_limit(&self) -> Option<std::time::Duration> {
-        self.timelimit.0.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        self.timelimit
+            .0
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
     }
 
     /// The soft time limit (`timelimit[1]`) as a duration.
     pub fn soft_time_limit(&self) -> Option<std::time::Duration> {
-        self.timelimit.1.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        self.timelimit
+            .1
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
     }
 }
 
@@ -325,13 +385,18 @@ mod tests {
     #[test]
     fn minimal_headers_take_celery_defaults() {
         let h = headers(json!({"task": "t", "id": "i"})).unwrap();
-        assert_eq!((h.retries, h.timelimit, h.ignore_result, h.root_id), (0, (None, None), None, None));
+        assert_eq!(
+            (h.retries, h.timelimit, h.ignore_result, h.root_id),
+            (0, (None, None), None, None)
+        );
         assert!(h.stamps.is_empty() && h.extra.is_empty());
     }
 
     #[test]
     fn timelimit_accepts_ints_floats_nulls_and_short_lists() {
-        let tl = |v: Value| headers(json!({"task": "t", "id": "i", "timelimit": v})).map(|h| h.timelimit);
+        let tl = |v: Value| {
+            headers(json!({"task": "t", "id": "i", "timelimit": v})).map(|h| h.timelimit)
+        };
         assert_eq!(tl(json!([30, 20])).unwrap(), (Some(30.0), Some(20.0)));
         assert_eq!(tl(json!([1.5, null])).unwrap(), (Some(1.5), None));
         assert_eq!(tl(json!([null, 2.25])).unwrap(), (None, Some(2.25)));
@@ -374,7 +439,10 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        assert!(matches!(headers(json!({"task": "t"})), Err(DecodeError::MissingHeader("id"))));
+        assert!(matches!(
+            headers(json!({"task": "t"})),
+            Err(DecodeError::MissingHeader("id"))
+        ));
     }
 
     #[test]
@@ -382,6 +450,9 @@ mod tests {
         let mut h = TaskHeaders::new("t", "i");
         h.timelimit = (Some(30.0), Some(2.5));
         assert_eq!(h.to_map()["timelimit"], json!([30, 2.5]));
-        assert_eq!(h.hard_time_limit(), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            h.hard_time_limit(),
+            Some(std::time::Duration::from_secs(30))
+        );
     }
 }

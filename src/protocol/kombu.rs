@@ -17,7 +17,8 @@ use std::io;
 pub fn to_python_json(value: &Value) -> String {
     let mut out = Vec::with_capacity(128);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    serde::Serialize::serialize(value, &mut ser).expect("serializing a Value into memory cannot fail");
+    serde::Serialize::serialize(value, &mut ser)
+        .expect("serializing a Value into memory cannot fail");
     // The formatter only ever writes ASCII.
     String::from_utf8(out).expect("python-style JSON is ASCII")
 }
@@ -26,16 +27,28 @@ pub fn to_python_json(value: &Value) -> String {
 struct PythonFormatter;
 
 impl Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         w.write_all(b": ")
     }
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         if fragment.is_ascii() {
             return w.write_all(fragment.as_bytes());
         }
@@ -57,7 +70,11 @@ impl Formatter for PythonFormatter {
             return w.write_all(b"NaN");
         }
         if value.is_infinite() {
-            return w.write_all(if value > 0.0 { b"Infinity" } else { b"-Infinity" });
+            return w.write_all(if value > 0.0 {
+                b"Infinity"
+            } else {
+                b"-Infinity"
+            });
         }
         let s = format!("{value:?}");
         // Rust's Debug gives `1e16` / `1e-5` where Python gives `1e+16` / `1e-05`.
@@ -173,10 +190,16 @@ pub fn check_marker(v: &Value) -> Result<Option<MarkerKind>, MarkerError> {
 
 /// Whether `value` is something kombu's decoder for `kind` accepts.
 fn check_marker_value(kind: MarkerKind, value: &Value) -> Result<(), String> {
-    let text = || value.as_str().ok_or_else(|| format!("__value__ must be a string, got {}", to_python_json(value)));
+    let text = || {
+        value
+            .as_str()
+            .ok_or_else(|| format!("__value__ must be a string, got {}", to_python_json(value)))
+    };
     match kind {
         // `datetime.fromisoformat`, also used (then `.date()`) for dates.
-        MarkerKind::Datetime | MarkerKind::Date => crate::protocol::decode::parse_iso_datetime(text()?).map(|_| ()),
+        MarkerKind::Datetime | MarkerKind::Date => {
+            crate::protocol::decode::parse_iso_datetime(text()?).map(|_| ())
+        }
         MarkerKind::Time => crate::protocol::decode::parse_iso_time(text()?).map(|_| ()),
         MarkerKind::Decimal => match value {
             Value::Number(_) => Ok(()),
@@ -208,7 +231,10 @@ fn is_decimal_literal(s: &str) -> bool {
         None => (lower.as_str(), None),
     };
     let digits_ok = |d: &str| {
-        !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'_') && !d.starts_with('_') && !d.ends_with('_')
+        !d.is_empty()
+            && d.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+            && !d.starts_with('_')
+            && !d.ends_with('_')
     };
     let mantissa_ok = match mantissa.split_once('.') {
         Some((int, frac)) => {
@@ -225,8 +251,13 @@ fn is_decimal_literal(s: &str) -> bool {
 /// `uuid.UUID(**value)` for the forms JSON can carry: `{"hex": ...}` (what kombu writes)
 /// or `{"int": ...}`.
 fn uuid_from_marker_value(value: &Value) -> Result<u128, String> {
-    let obj = value.as_object().ok_or_else(|| "uuid __value__ must be an object".to_string())?;
-    if let Some(key) = obj.keys().find(|k| !matches!(k.as_str(), "hex" | "int" | "version")) {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| "uuid __value__ must be an object".to_string())?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "hex" | "int" | "version"))
+    {
         return Err(format!("unexpected uuid field {key:?}"));
     }
     match (obj.get("hex"), obj.get("int")) {
@@ -244,14 +275,24 @@ fn uuid_from_marker_value(value: &Value) -> Result<u128, String> {
             }
             u128::from_str_radix(&cleaned, 16).map_err(|e| e.to_string())
         }
-        (None, Some(Value::Number(n))) => n.as_u64().map(u128::from).ok_or_else(|| "uuid int out of range".to_string()),
+        (None, Some(Value::Number(n))) => n
+            .as_u64()
+            .map(u128::from)
+            .ok_or_else(|| "uuid int out of range".to_string()),
         _ => Err("uuid __value__ needs exactly one of hex (a string) or int".into()),
     }
 }
 
 fn uuid_hyphenated(n: u128) -> String {
     let h = format!("{n:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Python's `base64.b64decode` without `validate`: characters outside the alphabet are
@@ -265,8 +306,13 @@ fn python_b64decode(text: &str) -> Result<Vec<u8>, String> {
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
     );
-    let kept: String = text.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')).collect();
-    LENIENT.decode(kept.as_bytes()).map_err(|e| format!("invalid base64: {e}"))
+    let kept: String = text
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+        .collect();
+    LENIENT
+        .decode(kept.as_bytes())
+        .map_err(|e| format!("invalid base64: {e}"))
 }
 
 /// Check every marker object inside `v`, as kombu's `json.loads(object_hook=...)` does
@@ -298,7 +344,10 @@ pub fn bytes_marker(bytes: &[u8]) -> Value {
         Err(_) => {
             use base64::Engine;
             obj.insert(TYPE_KEY.into(), Value::String("base64".into()));
-            obj.insert(VALUE_KEY.into(), Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)));
+            obj.insert(
+                VALUE_KEY.into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            );
         }
     }
     Value::Object(obj)
@@ -332,7 +381,9 @@ pub fn unwrap_marker(v: &Value) -> Option<Value> {
     let kind = check_marker(v).ok()??;
     let (_, value) = marker_parts(v)?;
     Some(match kind {
-        MarkerKind::Datetime | MarkerKind::Date | MarkerKind::Time | MarkerKind::Bytes => value.clone(),
+        MarkerKind::Datetime | MarkerKind::Date | MarkerKind::Time | MarkerKind::Bytes => {
+            value.clone()
+        }
         MarkerKind::Decimal => match value {
             Value::Number(n) => Value::String(n.to_string()),
             other => other.clone(),
@@ -350,7 +401,9 @@ pub fn plain(v: &Value) -> Value {
     }
     match v {
         Value::Array(items) => Value::Array(items.iter().map(plain).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), plain(v))).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), plain(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -409,7 +462,11 @@ fn py_printable(c: char) -> bool {
 /// escapes for `\\`, the quote, `\t` `\n` `\r`, and `\xNN` / `\uNNNN` / `\UNNNNNNNN` for
 /// characters that are not printable.
 pub fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -434,7 +491,11 @@ pub fn py_str_repr(s: &str) -> String {
 
 /// Python's `repr(bytes)`.
 pub fn py_bytes_repr(b: &[u8]) -> String {
-    let quote = if b.contains(&b'\'') && !b.contains(&b'"') { b'"' } else { b'\'' };
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+        b'"'
+    } else {
+        b'\''
+    };
     let mut out = String::from("b");
     out.push(quote as char);
     for &byte in b {
@@ -487,7 +548,11 @@ fn marker_repr(v: &Value) -> Option<String> {
             format!("{}, {}", t.hour(), t.minute())
         }
     };
-    let tz = |offset: Option<i32>| offset.map(|o| format!(", tzinfo={}", py_timezone_repr(o))).unwrap_or_default();
+    let tz = |offset: Option<i32>| {
+        offset
+            .map(|o| format!(", tzinfo={}", py_timezone_repr(o)))
+            .unwrap_or_default()
+    };
     Some(match kind {
         MarkerKind::Datetime => {
             let p = crate::protocol::decode::parse_iso_datetime(value.as_str()?).ok()?;
@@ -502,7 +567,9 @@ fn marker_repr(v: &Value) -> Option<String> {
             )
         }
         MarkerKind::Date => {
-            let d = crate::protocol::decode::parse_iso_datetime(value.as_str()?).ok()?.date;
+            let d = crate::protocol::decode::parse_iso_datetime(value.as_str()?)
+                .ok()?
+                .date;
             format!("datetime.date({}, {}, {})", d.year(), d.month(), d.day())
         }
         MarkerKind::Time => {
@@ -513,7 +580,10 @@ fn marker_repr(v: &Value) -> Option<String> {
             Value::String(s) => format!("Decimal({})", py_str_repr(s.trim())),
             other => format!("Decimal('{}')", to_python_json(other)),
         },
-        MarkerKind::Uuid => format!("UUID('{}')", uuid_hyphenated(uuid_from_marker_value(value).ok()?)),
+        MarkerKind::Uuid => format!(
+            "UUID('{}')",
+            uuid_hyphenated(uuid_from_marker_value(value).ok()?)
+        ),
         MarkerKind::Bytes | MarkerKind::Base64 => py_bytes_repr(&marker_bytes(v)?),
     })
 }
@@ -537,10 +607,16 @@ pub fn py_repr(v: &Value) -> String {
         Value::Bool(false) => "False".into(),
         Value::Number(n) => py_number(n),
         Value::String(s) => py_str_repr(s),
-        Value::Array(items) => format!("[{}]", items.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().map(|(k, v)| format!("{}: {}", py_str_repr(k), py_repr(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_str_repr(k), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -582,13 +658,25 @@ enum Item<'a> {
     /// The top-level kwargs dict.
     Dict(&'a Map<String, Value>),
     /// Literal text; `truncate: false` marks brackets that are always closed.
-    Lit { text: &'static str, truncate: bool, direction: i32 },
+    Lit {
+        text: &'static str,
+        truncate: bool,
+        direction: i32,
+    },
     /// A dict key.
     Key(&'a str),
 }
 
-const LIST_SEP: Item<'static> = Item::Lit { text: ", ", truncate: true, direction: 0 };
-const KV_SEP: Item<'static> = Item::Lit { text: ": ", truncate: true, direction: 0 };
+const LIST_SEP: Item<'static> = Item::Lit {
+    text: ", ",
+    truncate: true,
+    direction: 0,
+};
+const KV_SEP: Item<'static> = Item::Lit {
+    text: ": ",
+    truncate: true,
+    direction: 0,
+};
 
 /// Python's `len()` of a string: code points.
 fn py_len(s: &str) -> i64 {
@@ -600,7 +688,10 @@ fn truncate(s: &str, maxlen: Option<i64>) -> String {
     match maxlen {
         Some(m) if m != 0 && py_len(s) >= m => {
             let head: String = s.chars().take(m.max(0) as usize).collect();
-            let head = head.rsplit_once(' ').map_or(head.as_str(), |(h, _)| h).to_string();
+            let head = head
+                .rsplit_once(' ')
+                .map_or(head.as_str(), |(h, _)| h)
+                .to_string();
             head + "..."
         }
         _ => s.to_string(),
@@ -615,7 +706,10 @@ fn format_str(s: &str, maxlen: Option<i64>) -> String {
 /// `_format_binary_bytes`: the bytes as text when UTF-8, else hex, cut at `maxlen`.
 fn format_bytes(b: &[u8], maxlen: Option<i64>) -> String {
     let show = |b: &[u8]| {
-        std::str::from_utf8(b).map_or_else(|_| b.iter().map(|x| format!("{x:02x}")).collect(), str::to_string)
+        std::str::from_utf8(b).map_or_else(
+            |_| b.iter().map(|x| format!("{x:02x}")).collect(),
+            str::to_string,
+        )
     };
     match maxlen {
         Some(m) if m > 0 && b.len() as i64 > m => format!("b'{}...'", show(&b[..m as usize])),
@@ -624,10 +718,23 @@ fn format_bytes(b: &[u8], maxlen: Option<i64>) -> String {
 }
 
 /// Push the tokens of a container onto the work stack (top = next).
-fn push_container<'a>(stack: &mut Vec<Item<'a>>, open: &'static str, close: &'static str, items: Vec<Item<'a>>) {
-    stack.push(Item::Lit { text: close, truncate: false, direction: -1 });
+fn push_container<'a>(
+    stack: &mut Vec<Item<'a>>,
+    open: &'static str,
+    close: &'static str,
+    items: Vec<Item<'a>>,
+) {
+    stack.push(Item::Lit {
+        text: close,
+        truncate: false,
+        direction: -1,
+    });
     stack.extend(items.into_iter().rev());
-    stack.push(Item::Lit { text: open, truncate: false, direction: 1 });
+    stack.push(Item::Lit {
+        text: open,
+        truncate: false,
+        direction: 1,
+    });
 }
 
 fn list_items(values: &[Value]) -> Vec<Item<'_>> {
@@ -662,13 +769,19 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
     while let Some(item) = stack.pop() {
         // Expand containers (or cut them at maxlevels) before emitting anything.
         let container = match item {
-            Item::Tuple(args) => Some(("(", if args.len() == 1 { ",)" } else { ")" }, list_items(args))),
+            Item::Tuple(args) => Some((
+                "(",
+                if args.len() == 1 { ",)" } else { ")" },
+                list_items(args),
+            )),
             Item::Dict(map) => Some(("{", "}", dict_items(map))),
-            Item::Value(v @ (Value::Array(_) | Value::Object(_))) if marker_repr(v).is_none() => match v {
-                Value::Array(a) => Some(("[", "]", list_items(a))),
-                Value::Object(m) => Some(("{", "}", dict_items(m))),
-                _ => None,
-            },
+            Item::Value(v @ (Value::Array(_) | Value::Object(_))) if marker_repr(v).is_none() => {
+                match v {
+                    Value::Array(a) => Some(("[", "]", list_items(a))),
+                    Value::Object(m) => Some(("{", "}", dict_items(m))),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let token = match container {
@@ -685,7 +798,11 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
                             }
                         }
                     };
-                    Item::Lit { text, truncate: false, direction: 0 }
+                    Item::Lit {
+                        text,
+                        truncate: false,
+                        direction: 0,
+                    }
                 } else {
                     push_container(&mut stack, open, close, items);
                     continue;
@@ -697,7 +814,9 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
             level = (level as i64 + direction as i64).max(0) as usize;
         }
         if maxlen.is_some_and(|m| m <= 0) {
-            if let Item::Lit { text, direction, .. } = token
+            if let Item::Lit {
+                text, direction, ..
+            } = token
                 && direction < 0
             {
                 out.push_str(text);
@@ -707,7 +826,12 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
             // Close the containers still open; one opened after the cut is skipped whole.
             let mut depth: i64 = 0;
             for rest in std::iter::once(token).chain(stack.iter().rev().copied()) {
-                if let Item::Lit { text, truncate: false, direction } = rest {
+                if let Item::Lit {
+                    text,
+                    truncate: false,
+                    direction,
+                } = rest
+                {
                     depth += direction as i64;
                     if depth < 0 {
                         depth = 0;
@@ -758,7 +882,10 @@ mod tests {
     #[test]
     fn non_ascii_is_escaped_like_ensure_ascii() {
         // json.dumps("héllo 😀\n") == '"h\\u00e9llo \\ud83d\\ude00\\n"'
-        assert_eq!(to_python_json(&json!("héllo 😀\n")), r#""h\u00e9llo \ud83d\ude00\n""#);
+        assert_eq!(
+            to_python_json(&json!("héllo 😀\n")),
+            r#""h\u00e9llo \ud83d\ude00\n""#
+        );
     }
 
     #[test]
@@ -778,17 +905,37 @@ mod tests {
         ("[]", true, 1024, "()"),
         ("[2, 3]", false, 1024, "[2, 3]"),
         (r#"{"z": 1}"#, false, 1024, "{'z': 1}"),
-        ("[1, [2, [3, [4, [5]]]]]", true, 1024, "(1, [2, [3, [...]]])"),
+        (
+            "[1, [2, [3, [4, [5]]]]]",
+            true,
+            1024,
+            "(1, [2, [3, [...]]])",
+        ),
         (
             r#"["it's", "a\nb", "\u00e9", null, true, 1.5, 1e+16, -0.0, 18446744073709551615]"#,
             true,
             1024,
             "('it\\'s', 'a\nb', 'é', None, True, 1.5, 1e+16, -0.0, 18446744073709551615)",
         ),
-        (r#"[{"a": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "b": [1, 2, 3]}]"#, true, 20, "({'a': 'xxxxxxxxxxxxx...', ...},)"),
-        (r#"{"k": {"x": {"y": {"z": 1}}}}"#, false, 1024, "{'k': {'x': {'y': {...}}}}"),
+        (
+            r#"[{"a": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "b": [1, 2, 3]}]"#,
+            true,
+            20,
+            "({'a': 'xxxxxxxxxxxxx...', ...},)",
+        ),
+        (
+            r#"{"k": {"x": {"y": {"z": 1}}}}"#,
+            false,
+            1024,
+            "{'k': {'x': {'y': {...}}}}",
+        ),
         (r#"["a b c d e f g h", 2]"#, true, 10, "('a b c d...', ...)"),
-        (r#"[{"kkkkkkkkkk": "v"}, [1, [2, [3]]], "tail"]"#, true, 15, "({'kkkkkkkkkk': , ...})"),
+        (
+            r#"[{"kkkkkkkkkk": "v"}, [1, [2, [3]]], "tail"]"#,
+            true,
+            15,
+            "({'kkkkkkkkkk': , ...})",
+        ),
         (
             r#"[{"__type__": "bytes", "__value__": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]"#,
             true,
@@ -808,7 +955,11 @@ mod tests {
         for (input, as_tuple, maxlen, expected) in SAFEREPR_CASES {
             let v: Value = serde_json::from_str(input).unwrap();
             let got = if *as_tuple {
-                saferepr_items(Item::Tuple(v.as_array().unwrap()), Some(*maxlen), REPR_MAXLEVELS)
+                saferepr_items(
+                    Item::Tuple(v.as_array().unwrap()),
+                    Some(*maxlen),
+                    REPR_MAXLEVELS,
+                )
             } else {
                 saferepr(&v, Some(*maxlen))
             };
@@ -816,7 +967,10 @@ mod tests {
         }
         // A list of 100 numbers cut at 30 characters keeps Celery's dangling separator.
         let hundred = Value::Array((0..100).map(Value::from).collect());
-        assert_eq!(saferepr(&hundred, Some(30)), "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, , ...]");
+        assert_eq!(
+            saferepr(&hundred, Some(30)),
+            "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, , ...]"
+        );
         // A 2000-character string inside the args is cut to the 1024 budget.
         let long = args_repr(&[json!(["x".repeat(2000)])]);
         assert_eq!(long, format!("(['{}...'],)", "x".repeat(1022)));
@@ -827,7 +981,10 @@ mod tests {
         assert_eq!(args_repr(&[json!(2), json!(3)]), "(2, 3)");
         assert_eq!(args_repr(&[json!(1)]), "(1,)");
         assert_eq!(args_repr(&[]), "()");
-        assert_eq!(kwargs_repr(json!({"z": 1}).as_object().unwrap()), "{'z': 1}");
+        assert_eq!(
+            kwargs_repr(json!({"z": 1}).as_object().unwrap()),
+            "{'z': 1}"
+        );
         assert_eq!(kwargs_repr(&Map::new()), "{}");
     }
 
@@ -839,11 +996,20 @@ mod tests {
             r#"'it\'s "q" \\ \t \x00 \x7f \xa0 é \u2028 😀'"#
         );
         assert_eq!(py_repr(&json!("it's")), r#""it's""#);
-        assert_eq!(py_repr(&json!([null, true, false, 1.0, 1e16, -3])), "[None, True, False, 1.0, 1e+16, -3]");
+        assert_eq!(
+            py_repr(&json!([null, true, false, 1.0, 1e16, -3])),
+            "[None, True, False, 1.0, 1e+16, -3]"
+        );
         assert_eq!(py_repr(&json!({"a": {"b": []}})), "{'a': {'b': []}}");
         // repr(b"it's \\ \x00 \xff")
-        assert_eq!(py_repr(&bytes_marker(b"it's \\ \x00 \xff")), r#"b"it's \\ \x00 \xff""#);
-        assert_eq!(py_repr(&json!({"__type__": "decimal", "__value__": "3.14"})), "Decimal('3.14')");
+        assert_eq!(
+            py_repr(&bytes_marker(b"it's \\ \x00 \xff")),
+            r#"b"it's \\ \x00 \xff""#
+        );
+        assert_eq!(
+            py_repr(&json!({"__type__": "decimal", "__value__": "3.14"})),
+            "Decimal('3.14')"
+        );
     }
 
     #[test]
@@ -878,7 +1044,10 @@ mod tests {
             assert!(check_markers(&json!([1, {"k": [v]}])).is_err(), "{v}");
         }
         // Not a marker: other keys present, or a key missing.
-        assert_eq!(check_marker(&json!({"__type__": "set", "__value__": 1, "x": 2})), Ok(None));
+        assert_eq!(
+            check_marker(&json!({"__type__": "set", "__value__": 1, "x": 2})),
+            Ok(None)
+        );
         assert_eq!(check_marker(&json!({"__type__": "set"})), Ok(None));
     }
 
@@ -906,9 +1075,21 @@ mod tests {
 
     #[test]
     fn bytes_markers_choose_text_or_base64() {
-        assert_eq!(bytes_marker(b"hello"), json!({"__type__": "bytes", "__value__": "hello"}));
-        assert_eq!(bytes_marker(b"\xff\x00\x01"), json!({"__type__": "base64", "__value__": "/wAB"}));
-        assert_eq!(marker_bytes(&bytes_marker(b"\xff\x00\x01")), Some(vec![0xff, 0, 1]));
-        assert_eq!(marker_bytes(&json!({"__type__": "date", "__value__": "2024-01-02"})), None);
+        assert_eq!(
+            bytes_marker(b"hello"),
+            json!({"__type__": "bytes", "__value__": "hello"})
+        );
+        assert_eq!(
+            bytes_marker(b"\xff\x00\x01"),
+            json!({"__type__": "base64", "__value__": "/wAB"})
+        );
+        assert_eq!(
+            marker_bytes(&bytes_marker(b"\xff\x00\x01")),
+            Some(vec![0xff, 0, 1])
+        );
+        assert_eq!(
+            marker_bytes(&json!({"__type__": "date", "__value__": "2024-01-02"})),
+            None
+        );
     }
 }

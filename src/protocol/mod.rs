@@ -110,7 +110,12 @@ impl TaskMessage {
     /// A protocol v2 message for `task_name` with the given id and arguments, every
     /// other field defaulted the way Celery's `apply_async` defaults it (see
     /// [`TaskHeaders::new`]): JSON, no canvas, no properties, no delivery info yet.
-    pub fn new(task_name: impl Into<String>, id: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+    pub fn new(
+        task_name: impl Into<String>,
+        id: impl Into<String>,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Self {
         TaskMessage {
             protocol: ProtocolVersion::V2,
             headers: TaskHeaders::new(task_name, id),

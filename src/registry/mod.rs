@@ -29,7 +29,10 @@ pub struct TaskOptions {
 
 impl TaskOptions {
     /// No option set.
-    pub const DEFAULT: TaskOptions = TaskOptions { acks_late: None, max_retries: None };
+    pub const DEFAULT: TaskOptions = TaskOptions {
+        acks_late: None,
+        max_retries: None,
+    };
 }
 
 /// A task as `#[task]` registers it.
@@ -71,7 +74,9 @@ inventory::collect!(TaskEntry);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// Two tasks were registered under one name.
-    #[error("two tasks are registered under the name `{name}`; give one of them another `#[task(name = \"...\")]`")]
+    #[error(
+        "two tasks are registered under the name `{name}`; give one of them another `#[task(name = \"...\")]`"
+    )]
     Duplicate {
         /// The shared name.
         name: String,
@@ -91,7 +96,9 @@ impl Registry {
     }
 
     /// A registry of the given tasks; an error if two share a name.
-    pub fn from_entries(entries: impl IntoIterator<Item = &'static TaskEntry>) -> Result<Registry, RegistryError> {
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = &'static TaskEntry>,
+    ) -> Result<Registry, RegistryError> {
         let mut tasks = BTreeMap::new();
         for entry in entries {
             let name = entry.name();

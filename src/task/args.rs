@@ -76,15 +76,20 @@ impl ArgBinder {
         kwargs: Map<String, Value>,
     ) -> Result<Self, TaskError> {
         let given = args.len();
-        let mut values: Vec<Option<Value>> = args.into_iter().map(Some).take(params.len()).collect();
+        let mut values: Vec<Option<Value>> =
+            args.into_iter().map(Some).take(params.len()).collect();
         values.resize(params.len(), None);
 
         for (key, value) in kwargs {
             let Some(index) = params.iter().position(|p| p.name == key) else {
-                return Err(TaskError::type_error(format!("{fn_name}() got an unexpected keyword argument '{key}'")));
+                return Err(TaskError::type_error(format!(
+                    "{fn_name}() got an unexpected keyword argument '{key}'"
+                )));
             };
             if index < given {
-                return Err(TaskError::type_error(format!("{fn_name}() got multiple values for argument '{key}'")));
+                return Err(TaskError::type_error(format!(
+                    "{fn_name}() got multiple values for argument '{key}'"
+                )));
             }
             values[index] = Some(value);
         }
@@ -92,12 +97,18 @@ impl ArgBinder {
         if given > params.len() {
             let required = params.iter().filter(|p| !p.optional).count();
             let takes = if required == params.len() {
-                format!("{} positional argument{}", params.len(), plural(params.len()))
+                format!(
+                    "{} positional argument{}",
+                    params.len(),
+                    plural(params.len())
+                )
             } else {
                 format!("from {required} to {} positional arguments", params.len())
             };
             let were = if given == 1 { "was" } else { "were" };
-            return Err(TaskError::type_error(format!("{fn_name}() takes {takes} but {given} {were} given")));
+            return Err(TaskError::type_error(format!(
+                "{fn_name}() takes {takes} but {given} {were} given"
+            )));
         }
 
         let missing: Vec<String> = params
@@ -115,7 +126,11 @@ impl ArgBinder {
             )));
         }
 
-        Ok(ArgBinder { fn_name, params, values })
+        Ok(ArgBinder {
+            fn_name,
+            params,
+            values,
+        })
     }
 
     /// The value of the required parameter at `index`, deserialized.
@@ -134,12 +149,20 @@ impl ArgBinder {
     /// The value of the parameter at `index`, or what `null` deserializes to (`None` for
     /// an `Option<T>`) when the caller left it out.
     pub fn take_optional<T: TaskParam>(&mut self, index: usize) -> Result<T, TaskError> {
-        let value = self.values.get_mut(index).and_then(Option::take).unwrap_or(Value::Null);
+        let value = self
+            .values
+            .get_mut(index)
+            .and_then(Option::take)
+            .unwrap_or(Value::Null);
         self.convert(index, value)
     }
 
     fn param(&self, index: usize) -> Param {
-        self.params.get(index).copied().unwrap_or(Param { name: "?", ty: "?", optional: false })
+        self.params.get(index).copied().unwrap_or(Param {
+            name: "?",
+            ty: "?",
+            optional: false,
+        })
     }
 
     fn convert<T: DeserializeOwned>(&self, index: usize, value: Value) -> Result<T, TaskError> {
@@ -197,16 +220,46 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    static ADD: [Param; 2] =
-        [Param { name: "x", ty: "i64", optional: false }, Param { name: "y", ty: "i64", optional: false }];
+    static ADD: [Param; 2] = [
+        Param {
+            name: "x",
+            ty: "i64",
+            optional: false,
+        },
+        Param {
+            name: "y",
+            ty: "i64",
+            optional: false,
+        },
+    ];
     static CONCAT: [Param; 2] = [
-        Param { name: "parts", ty: "Vec<String>", optional: false },
-        Param { name: "sep", ty: "Option<String>", optional: true },
+        Param {
+            name: "parts",
+            ty: "Vec<String>",
+            optional: false,
+        },
+        Param {
+            name: "sep",
+            ty: "Option<String>",
+            optional: true,
+        },
     ];
     static THREE: [Param; 3] = [
-        Param { name: "a", ty: "i64", optional: false },
-        Param { name: "b", ty: "i64", optional: false },
-        Param { name: "c", ty: "i64", optional: false },
+        Param {
+            name: "a",
+            ty: "i64",
+            optional: false,
+        },
+        Param {
+            name: "b",
+            ty: "i64",
+            optional: false,
+        },
+        Param {
+            name: "c",
+            ty: "i64",
+            optional: false,
+        },
     ];
 
     fn kw(v: Value) -> Map<String, Value> {
@@ -223,7 +276,12 @@ mod tests {
     #[test]
     fn python_messages() {
         assert_eq!(
-            message(ArgBinder::new("add", &ADD, vec![json!(1), json!(2), json!(3)], Map::new())),
+            message(ArgBinder::new(
+                "add",
+                &ADD,
+                vec![json!(1), json!(2), json!(3)],
+                Map::new()
+            )),
             "add() takes 2 positional arguments but 3 were given"
         );
         assert_eq!(
@@ -239,15 +297,30 @@ mod tests {
             "three() missing 3 required positional arguments: 'a', 'b', and 'c'"
         );
         assert_eq!(
-            message(ArgBinder::new("add", &ADD, vec![json!(1), json!(2)], kw(json!({"z": 3})))),
+            message(ArgBinder::new(
+                "add",
+                &ADD,
+                vec![json!(1), json!(2)],
+                kw(json!({"z": 3}))
+            )),
             "add() got an unexpected keyword argument 'z'"
         );
         assert_eq!(
-            message(ArgBinder::new("add", &ADD, vec![json!(1)], kw(json!({"x": 2})))),
+            message(ArgBinder::new(
+                "add",
+                &ADD,
+                vec![json!(1)],
+                kw(json!({"x": 2}))
+            )),
             "add() got multiple values for argument 'x'"
         );
         assert_eq!(
-            message(ArgBinder::new("concat", &CONCAT, vec![json!(1), json!(2), json!(3)], Map::new())),
+            message(ArgBinder::new(
+                "concat",
+                &CONCAT,
+                vec![json!(1), json!(2), json!(3)],
+                Map::new()
+            )),
             "concat() takes from 1 to 2 positional arguments but 3 were given"
         );
         assert_eq!(
@@ -255,12 +328,22 @@ mod tests {
             "noop() takes 0 positional arguments but 1 was given"
         );
         assert_eq!(
-            message(ArgBinder::new("f1", &ADD[..1], vec![json!(1), json!(2)], Map::new())),
+            message(ArgBinder::new(
+                "f1",
+                &ADD[..1],
+                vec![json!(1), json!(2)],
+                Map::new()
+            )),
             "f1() takes 1 positional argument but 2 were given"
         );
         // Python reports the keyword problem before the count.
         assert_eq!(
-            message(ArgBinder::new("add", &ADD, vec![json!(1), json!(2), json!(3)], kw(json!({"z": 1})))),
+            message(ArgBinder::new(
+                "add",
+                &ADD,
+                vec![json!(1), json!(2), json!(3)],
+                kw(json!({"z": 1}))
+            )),
             "add() got an unexpected keyword argument 'z'"
         );
     }
@@ -273,7 +356,8 @@ mod tests {
         let mut b = ArgBinder::new("concat", &CONCAT, vec![json!(["a", "b"])], Map::new()).unwrap();
         assert_eq!(b.take::<Vec<String>>(0).unwrap(), ["a", "b"]);
         assert_eq!(b.take_optional::<Option<String>>(1).unwrap(), None);
-        let mut b = ArgBinder::new("concat", &CONCAT, vec![json!([]), json!(null)], Map::new()).unwrap();
+        let mut b =
+            ArgBinder::new("concat", &CONCAT, vec![json!([]), json!(null)], Map::new()).unwrap();
         assert_eq!(b.take_optional::<Option<String>>(1).unwrap(), None);
     }
 
@@ -287,9 +371,15 @@ mod tests {
             "add() argument 'x' could not be read as i64: invalid type: string \"a\", expected i64"
         );
         // Out of range for the Rust type is a TypeError as well, never a panic.
-        let mut b = ArgBinder::new("add", &ADD, vec![json!(1), json!(1u64 << 63)], Map::new()).unwrap();
+        let mut b =
+            ArgBinder::new("add", &ADD, vec![json!(1), json!(1u64 << 63)], Map::new()).unwrap();
         let err = b.take::<i64>(1).unwrap_err();
-        assert!(err.exc_message()[0].as_str().unwrap().starts_with("add() argument 'y' could not be read as i64"));
+        assert!(
+            err.exc_message()[0]
+                .as_str()
+                .unwrap()
+                .starts_with("add() argument 'y' could not be read as i64")
+        );
     }
 
     #[test]
@@ -311,6 +401,9 @@ mod tests {
         let ok: Result<i32, TaskError> = Ok(1);
         assert_eq!(from_task_result(ok).unwrap(), json!(1));
         let failed: Result<i32, TaskError> = Err(TaskError::value_error("no"));
-        assert_eq!(from_task_result(failed).unwrap_err().exc_type(), "ValueError");
+        assert_eq!(
+            from_task_result(failed).unwrap_err().exc_type(),
+            "ValueError"
+        );
     }
 }

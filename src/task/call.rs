@@ -44,8 +44,11 @@ fn join_error(err: JoinError) -> TaskError {
     } else {
         // Only when the runtime shuts down under a running task: Celery's name for a task
         // whose executor went away.
-        TaskError::new("WorkerLostError", "the task was cancelled: the runtime is shutting down")
-            .with_module("billiard.exceptions")
+        TaskError::new(
+            "WorkerLostError",
+            "the task was cancelled: the runtime is shutting down",
+        )
+        .with_module("billiard.exceptions")
     }
 }
 

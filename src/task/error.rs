@@ -252,7 +252,11 @@ impl TaskError {
                 None => cause.0.kind = TaskErrorKind::Failure,
             }
         }
-        let mut retry = if self.is_retry() { self } else { TaskError::retry() };
+        let mut retry = if self.is_retry() {
+            self
+        } else {
+            TaskError::retry()
+        };
         if let TaskErrorKind::Retry(r) = &mut retry.0.kind {
             r.cause = Some(cause);
         }
@@ -260,7 +264,11 @@ impl TaskError {
     }
 
     fn map_retry(self, set: impl FnOnce(&mut RetryRequest)) -> Self {
-        let mut retry = if self.is_retry() { self } else { TaskError::retry().caused_by(self) };
+        let mut retry = if self.is_retry() {
+            self
+        } else {
+            TaskError::retry().caused_by(self)
+        };
         if let TaskErrorKind::Retry(r) = &mut retry.0.kind {
             set(r);
         }
@@ -325,8 +333,14 @@ impl TaskError {
     pub fn to_exception_value(&self) -> Value {
         let mut map = Map::new();
         map.insert("exc_type".into(), Value::String(self.0.exc_type.clone()));
-        map.insert("exc_message".into(), Value::Array(self.0.exc_message.clone()));
-        map.insert("exc_module".into(), Value::String(self.0.exc_module.clone()));
+        map.insert(
+            "exc_message".into(),
+            Value::Array(self.0.exc_message.clone()),
+        );
+        map.insert(
+            "exc_module".into(),
+            Value::String(self.0.exc_module.clone()),
+        );
         Value::Object(map)
     }
 
@@ -391,7 +405,10 @@ mod tests {
         let err = parse("x").unwrap_err();
         assert_eq!(err.exc_type(), "RuntimeError");
         assert_eq!(err.exc_module(), "builtins");
-        assert_eq!(err.exc_message(), &[Value::from("invalid digit found in string")]);
+        assert_eq!(
+            err.exc_message(),
+            &[Value::from("invalid digit found in string")]
+        );
         let tb = err.traceback().unwrap();
         assert!(tb.contains("ParseIntError"), "{tb}");
         assert!(!err.is_retry());

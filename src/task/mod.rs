@@ -36,6 +36,10 @@ pub struct Invocation {
 impl Invocation {
     /// An invocation with the given arguments and request context.
     pub fn new(args: Vec<Value>, kwargs: Map<String, Value>, request: Request) -> Self {
-        Invocation { args, kwargs, request: Arc::new(request) }
+        Invocation {
+            args,
+            kwargs,
+            request: Arc::new(request),
+        }
     }
 }

@@ -56,7 +56,12 @@ impl Request {
     /// The request context of a decoded message, run on the worker node `hostname`.
     pub fn from_message(msg: &TaskMessage, hostname: &str) -> Request {
         let h = &msg.headers;
-        let prop = |key: &str| msg.properties.get(key).and_then(Value::as_str).map(str::to_owned);
+        let prop = |key: &str| {
+            msg.properties
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         Request {
             id: h.id.clone(),
             name: h.task.clone(),
@@ -82,7 +87,8 @@ impl Request {
 
 /// Seconds from the wire as a `Duration`; Celery treats a missing or zero limit as none.
 fn seconds(secs: Option<f64>) -> Option<Duration> {
-    secs.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok())
+    secs.filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
 #[cfg(test)]
@@ -112,7 +118,11 @@ mod tests {
             embed: Embed::default(),
             properties,
             serializer: Serializer::Json,
-            delivery_info: DeliveryInfo { exchange: "".into(), routing_key: "celery".into(), ..Default::default() },
+            delivery_info: DeliveryInfo {
+                exchange: "".into(),
+                routing_key: "celery".into(),
+                ..Default::default()
+            },
         }
     }
 
@@ -131,7 +141,13 @@ mod tests {
         assert_eq!(r.reply_to.as_deref(), Some("reply-q"));
         assert_eq!(r.hostname, "celeriac@host");
         assert_eq!(r.delivery_info.routing_key, "celery");
-        assert_eq!(r.timelimit, (Some(Duration::from_secs(10)), Some(Duration::from_millis(2500))));
+        assert_eq!(
+            r.timelimit,
+            (
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_millis(2500))
+            )
+        );
         assert_eq!(r.ignore_result, Some(false));
         assert!(r.eta.is_some() && r.expires.is_some());
     }
@@ -145,7 +161,11 @@ mod tests {
         assert_eq!(keys, expected);
         assert_eq!(r.headers["eta"], json!("2030-03-17T17:46:40.123456+00:00"));
         assert_eq!(r.headers["expires"], json!("2030-03-17T17:48:20+00:00"));
-        assert_eq!(r.headers["timelimit"], json!([10, 2.5]), "whole seconds are written as Python ints");
+        assert_eq!(
+            r.headers["timelimit"],
+            json!([10, 2.5]),
+            "whole seconds are written as Python ints"
+        );
         assert_eq!(r.headers["x-custom"], json!("v"));
     }
 

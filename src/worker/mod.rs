@@ -17,7 +17,7 @@
 mod pipeline;
 
 use crate::backend::{AnyBackend, BackendOptions};
-use crate::broker::{AnyBroker, BrokerOptions};
+use crate::broker::{AnyBroker, BrokerOptions, QueueType};
 use crate::registry::Registry;
 use std::future::Future;
 use std::sync::Arc;
@@ -28,9 +28,9 @@ use tokio::task::JoinSet;
 /// How a worker is set up. The defaults are Celery's.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Broker URL: `redis://…`, `rediss://…`, `memory://`.
+    /// Broker URL: `redis://…`, `rediss://…`, `amqp://…`, `amqps://…`, `memory://`.
     pub broker_url: String,
-    /// Result backend URL, or `None` to store no results.
+    /// Result backend URL (`redis://…`, `rpc://`, `memory://`), or `None` to store no results.
     pub result_backend: Option<String>,
     /// Queues to consume from.
     pub queues: Vec<String>,
@@ -51,6 +51,12 @@ pub struct WorkerConfig {
     pub visibility_timeout: Duration,
     /// Redis: how often to look for such messages.
     pub restore_interval: Duration,
+    /// RabbitMQ: the type of the queues the worker declares (`task_default_queue_type`).
+    pub queue_type: QueueType,
+    /// RabbitMQ: declare the queues with `x-max-priority` (`task_queue_max_priority`).
+    pub max_priority: Option<u8>,
+    /// `amqps://`: a PEM file of CA certificates to trust besides the system's.
+    pub broker_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +73,9 @@ impl Default for WorkerConfig {
             result_expires: Some(Duration::from_secs(86_400)),
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(10),
+            queue_type: QueueType::Classic,
+            max_priority: None,
+            broker_ca_file: None,
         }
     }
 }
@@ -98,15 +107,27 @@ impl Worker {
             BrokerOptions {
                 visibility_timeout: config.visibility_timeout,
                 restore_interval: config.restore_interval,
+                queue_type: config.queue_type,
+                max_priority: config.max_priority,
+                tls_ca_file: config.broker_ca_file.clone(),
             },
         )
         .await?;
-        let backend = AnyBackend::connect(
+        let backend = AnyBackend::connect_with_broker(
             config.result_backend.as_deref(),
-            BackendOptions { result_expires: config.result_expires, ..BackendOptions::default() },
+            BackendOptions {
+                result_expires: config.result_expires,
+                ..BackendOptions::default()
+            },
+            &broker,
         )
         .await?;
-        Ok(Worker { config, broker, backend, registry })
+        Ok(Worker {
+            config,
+            broker,
+            backend,
+            registry,
+        })
     }
 
     /// The broker this worker consumes from (to publish to it from the same process).
@@ -198,7 +219,10 @@ impl Worker {
             }
         }
 
-        tracing::info!(running = running.len(), "shutting down: no new messages; finishing running tasks");
+        tracing::info!(
+            running = running.len(),
+            "shutting down: no new messages; finishing running tasks"
+        );
         // Hand back what was fetched but not given to a task. Tasks waiting for a slot or an
         // eta still own their deliveries: `pipeline` restores those when told to stop.
         shared.stopping();

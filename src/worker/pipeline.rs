@@ -9,7 +9,7 @@
 //! 7. outcome: retry republishes a copy, success/failure is stored;
 //! 8. late ack.
 
-use crate::backend::AnyBackend;
+use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
 use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage};
 use crate::registry::{Registry, TaskEntry};
@@ -59,7 +59,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     let Some(entry) = shared.registry.get(&name) else {
         tracing::error!(task = %name, id = %id, "received unregistered task");
         let meta = failure_meta(&msg, ExceptionInfo::not_registered(&name), None);
-        store(&shared.backend, &meta).await;
+        store(&shared.backend, &meta, &msg).await;
         settle(delivery.ack().await);
         return;
     };
@@ -68,14 +68,18 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
         tracing::info!(task = %name, id = %id, "discarding expired task");
         let meta = with_context(ResultMeta::revoked(&id, "expired"), &msg);
-        store(&shared.backend, &meta).await;
+        store(&shared.backend, &meta, &msg).await;
         settle(delivery.ack().await);
         return;
     }
 
     // 4. eta, and 5. a concurrency slot: wait for both without losing the message on shutdown.
     let mut stop = shared.stop.subscribe();
-    if let Some(wait) = msg.headers.eta.and_then(|eta| (eta - Utc::now()).to_std().ok()) {
+    if let Some(wait) = msg
+        .headers
+        .eta
+        .and_then(|eta| (eta - Utc::now()).to_std().ok())
+    {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
@@ -90,7 +94,13 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     let late = if acks_late {
         Some(delivery)
     } else {
-        settle(delivery.ack().await);
+        // Celery's default: ack before running. If the ack fails (the connection is gone)
+        // the broker still owns the message and will deliver it again, so it must not run
+        // here too (Celery drops such reserved messages on connection loss as well).
+        if let Err(err) = delivery.ack().await {
+            tracing::warn!(error = %err, task = %name, id = %id, "could not acknowledge the message; leaving it to the broker to deliver again");
+            return;
+        }
         None
     };
 
@@ -100,7 +110,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
             ResultMeta::started(&id, &shared.hostname, std::process::id()),
             &msg,
         );
-        store(&shared.backend, &started).await;
+        store(&shared.backend, &started, &msg).await;
     }
 
     // 6. call
@@ -108,7 +118,11 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     let started_at = std::time::Instant::now();
     let outcome = task::call::call(
         entry,
-        Invocation { args: msg.args.clone(), kwargs: msg.kwargs.clone(), request },
+        Invocation {
+            args: msg.args.clone(),
+            kwargs: msg.kwargs.clone(),
+            request,
+        },
     )
     .await;
     drop(slot);
@@ -119,7 +133,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
             tracing::info!(task = %name, id = %id, runtime = ?started_at.elapsed(), "task succeeded");
             if !ignores_result(&msg) {
                 let meta = with_context(ResultMeta::success(&id, value), &msg);
-                store(&shared.backend, &meta).await;
+                store(&shared.backend, &meta, &msg).await;
             }
         }
         Err(err) if err.is_retry() => retry(&shared, entry, &msg, err).await,
@@ -139,14 +153,22 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
 /// store RETRY; past `max_retries` the task fails instead, as `Task.retry` does.
 async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskError) {
     let retries = msg.headers.retries + 1;
-    let request = err.retry_request().expect("only retry errors are passed here");
+    let request = err
+        .retry_request()
+        .expect("only retry errors are passed here");
     // Celery's default `max_retries` is 3; a retry may override it.
-    let max_retries = request.max_retries.or(entry.options.max_retries).unwrap_or(3);
+    let max_retries = request
+        .max_retries
+        .or(entry.options.max_retries)
+        .unwrap_or(3);
     if retries > max_retries {
         let exc = request.cause.clone().unwrap_or_else(|| {
             TaskError::new(
                 "MaxRetriesExceededError",
-                format!("Can't retry {}[{}] args:{:?} kwargs:{:?}", msg.headers.task, msg.headers.id, msg.args, msg.kwargs),
+                format!(
+                    "Can't retry {}[{}] args:{:?} kwargs:{:?}",
+                    msg.headers.task, msg.headers.id, msg.args, msg.kwargs
+                ),
             )
             .with_module("celery.exceptions")
         });
@@ -156,7 +178,9 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
     let mut next = msg.clone();
     next.headers.retries = retries;
     // Celery's `default_retry_delay` is 180 s when neither countdown nor eta is given.
-    let countdown = request.countdown.unwrap_or(std::time::Duration::from_secs(180));
+    let countdown = request
+        .countdown
+        .unwrap_or(std::time::Duration::from_secs(180));
     next.headers.eta = Some(request.eta.unwrap_or_else(|| Utc::now() + countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());
     next.headers.argsrepr = None;
@@ -176,7 +200,7 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
                 let exc = request.cause.as_ref().unwrap_or(&err).to_exception_info();
                 let mut meta = with_context(ResultMeta::retry(&msg.headers.id, exc, None), msg);
                 meta.children = Some(vec![serde_json::json!([[msg.headers.id, null], null])]);
-                store(&shared.backend, &meta).await;
+                store(&shared.backend, &meta, msg).await;
             }
         }
         Err(e) => {
@@ -192,8 +216,12 @@ async fn fail(shared: &Shared, msg: &TaskMessage, err: &TaskError) {
     if ignores_result(msg) {
         return;
     }
-    let meta = failure_meta(msg, err.to_exception_info(), err.traceback().map(str::to_owned));
-    store(&shared.backend, &meta).await;
+    let meta = failure_meta(
+        msg,
+        err.to_exception_info(),
+        err.traceback().map(str::to_owned),
+    );
+    store(&shared.backend, &meta, msg).await;
 }
 
 fn failure_meta(msg: &TaskMessage, exc: ExceptionInfo, traceback: Option<String>) -> ResultMeta {
@@ -217,8 +245,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn store(backend: &AnyBackend, meta: &ResultMeta) {
-    if let Err(err) = backend.store(meta).await {
+/// Store a state change; the RPC backend sends it to the reply queue the message names.
+async fn store(backend: &AnyBackend, meta: &ResultMeta, msg: &TaskMessage) {
+    let reply = ReplyTo::from_properties(&msg.properties, &msg.headers.id);
+    if let Err(err) = backend.store_for(meta, reply.as_ref()).await {
         tracing::error!(error = %err, id = %meta.task_id, "could not store the result");
     }
 }

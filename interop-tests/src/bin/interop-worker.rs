@@ -1,8 +1,8 @@
 //! The interop worker of `shared/INTEROP.md`: an ordinary user of the library that defines
 //! the contract's tasks with `#[task]` and runs a worker with Celery's flag names.
 
-use celeriac::task::{Request, TaskError};
 use celeriac::task;
+use celeriac::task::{Request, TaskError};
 use celeriac::worker::{Worker, WorkerConfig};
 use clap::Parser;
 use serde_json::{Value, json};
@@ -13,13 +13,22 @@ use std::time::Duration;
 #[command(name = "interop-worker", version)]
 struct Args {
     /// Broker URL.
-    #[arg(long, env = "CELERY_BROKER_URL", default_value = "redis://127.0.0.1:6379/0")]
+    #[arg(
+        long,
+        env = "CELERY_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
     broker: String,
     /// Result backend URL (none: results are not stored).
     #[arg(long = "result-backend", env = "CELERY_RESULT_BACKEND")]
     result_backend: Option<String>,
     /// Queues to consume, comma separated.
-    #[arg(short = 'Q', long = "queues", default_value = "celery", value_delimiter = ',')]
+    #[arg(
+        short = 'Q',
+        long = "queues",
+        default_value = "celery",
+        value_delimiter = ','
+    )]
     queues: Vec<String>,
     /// Tasks in flight (default: number of CPUs).
     #[arg(short = 'c', long)]
@@ -39,6 +48,15 @@ struct Args {
     /// Redis visibility timeout in seconds.
     #[arg(long = "visibility-timeout", default_value_t = 3600.0)]
     visibility_timeout: f64,
+    /// RabbitMQ: declare the consumed queues as `classic` or `quorum` queues.
+    #[arg(long = "queue-type", default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
+    /// RabbitMQ: declare the consumed queues with this `x-max-priority`.
+    #[arg(long = "max-priority")]
+    max_priority: Option<u8>,
+    /// amqps://: a PEM file of CA certificates to trust besides the system's.
+    #[arg(long = "broker-ca-file")]
+    broker_ca_file: Option<std::path::PathBuf>,
 }
 
 #[task(name = "interop.noop")]
@@ -55,7 +73,10 @@ async fn mul(x: i64, y: i64) -> Result<i64, TaskError> {
 }
 
 fn overflow(op: &str, x: i64, y: i64) -> TaskError {
-    TaskError::new("OverflowError", format!("{op}({x}, {y}) does not fit in 64 bits"))
+    TaskError::new(
+        "OverflowError",
+        format!("{op}({x}, {y}) does not fit in 64 bits"),
+    )
 }
 
 #[task(name = "interop.echo")]
@@ -99,7 +120,8 @@ fn blocking_sleep(seconds: f64) -> Result<f64, TaskError> {
 }
 
 fn seconds_to_duration(seconds: f64) -> Result<Duration, TaskError> {
-    Duration::try_from_secs_f64(seconds).map_err(|e| TaskError::value_error(format!("seconds: {e}")))
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|e| TaskError::value_error(format!("seconds: {e}")))
 }
 
 #[task(name = "interop.flaky")]
@@ -145,6 +167,13 @@ async fn main() -> anyhow::Result<()> {
         hostname: args.hostname.unwrap_or(defaults.hostname.clone()),
         acks_late: args.acks_late,
         visibility_timeout: Duration::try_from_secs_f64(args.visibility_timeout)?,
+        queue_type: if args.queue_type == "quorum" {
+            celeriac::broker::QueueType::Quorum
+        } else {
+            celeriac::broker::QueueType::Classic
+        },
+        max_priority: args.max_priority,
+        broker_ca_file: args.broker_ca_file,
         ..defaults
     };
     let worker = Worker::connect(config).await?;

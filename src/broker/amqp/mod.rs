@@ -1,0 +1,556 @@
+//! RabbitMQ (AMQP 0-9-1) through lapin, declared and settled the way Celery 5.7's worker
+//! does it.
+//!
+//! * **Topology.** For each queue `Q` consumed: a durable direct exchange `Q`, a durable
+//!   queue `Q` bound to it with routing key `Q` (Celery's default for `celery` and for
+//!   every queue it creates from `-Q`). Queue arguments come from [`BrokerOptions`]:
+//!   `x-max-priority` and `x-queue-type: quorum`. They must match what the queue already
+//!   has; RabbitMQ refuses a mismatch and the error says so.
+//! * **Consuming.** One connection and one channel per consumer, `basic.qos(prefetch)`
+//!   per consumer (kombu's `apply_global=False`), explicit acks. Early or late ack is the
+//!   worker's choice; `requeue` and `restore` are `basic.reject(requeue=true)`.
+//! * **Publishing** (retries, results, dead letters) goes through one confirm-mode channel
+//!   on its own connection, `mandatory` set: a message is published only once RabbitMQ
+//!   confirms it; a nack or an unroutable return is an error, never a silent loss.
+//! * **Connection loss.** The consumer reports the loss once, then reconnects with backoff,
+//!   re-declares and consumes again; RabbitMQ redelivers what was unacknowledged.
+//!   Publishing reconnects and retries for up to [`PUBLISH_RETRY_FOR`].
+//! * **Dead letters.** An undecodable message is republished unchanged to the durable queue
+//!   [`DEAD_LETTER_KEY`] with its reason in the headers, confirmed, and only then acked.
+
+mod fields;
+
+use super::url::AmqpUrl;
+use super::{Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, QueueType};
+use crate::protocol::RawMessage;
+use fields::short;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+/// How long a publish keeps reconnecting and retrying before it gives up.
+pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The longest wait between two reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+    move |source| BrokerError::Amqp { op, source }
+}
+
+/// A RabbitMQ broker: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: AmqpUrl,
+    opts: BrokerOptions,
+    tls: OwnedTLSConfig,
+    /// The confirm-mode publishing channel, opened on first use and after a loss.
+    publisher: Mutex<Option<Channel>>,
+}
+
+impl AmqpBroker {
+    /// Connect (the publishing connection is opened here, so a wrong address, password or
+    /// vhost fails at once).
+    pub async fn connect(url: AmqpUrl, opts: BrokerOptions) -> Result<AmqpBroker, BrokerError> {
+        let tls = match &opts.tls_ca_file {
+            None => OwnedTLSConfig::default(),
+            Some(path) => OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(std::fs::read_to_string(path).map_err(|source| {
+                    BrokerError::TlsCaFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+            },
+        };
+        let broker = AmqpBroker {
+            inner: Arc::new(Inner {
+                url,
+                opts,
+                tls,
+                publisher: Mutex::new(None),
+            }),
+        };
+        broker.publisher().await?;
+        Ok(broker)
+    }
+
+    /// `amqp://user:**@host:port/vhost`.
+    pub fn describe(&self) -> String {
+        self.inner.url.masked()
+    }
+
+    async fn open(&self, role: &str) -> Result<Connection, BrokerError> {
+        let u = &self.inner.url;
+        let uri = AMQPUri {
+            scheme: if u.tls {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: u.username.clone(),
+                    password: u.password.clone(),
+                },
+                host: u.host.clone(),
+                port: u.port,
+            },
+            vhost: u.vhost.clone(),
+            query: AMQPQueryString {
+                // kombu's default heartbeat is off for the worker's connection; a heartbeat
+                // lets a dead TCP peer be noticed without waiting for the kernel.
+                heartbeat: Some(60),
+                connection_timeout: Some(10_000),
+                ..AMQPQueryString::default()
+            },
+        };
+        let props = ConnectionProperties::default().with_connection_name(
+            format!("celeriac {role} ({})", crate::worker::host_name()).into(),
+        );
+        lapin::ConnectionBuilder::new()
+            .map_err(amqp_err("start the AMQP runtime"))?
+            .with_uri(uri)
+            .with_properties(props)
+            .with_tls_config(self.inner.tls.clone())
+            .connect()
+            .await
+            .map_err(|source| BrokerError::AmqpConnect {
+                url: self.describe(),
+                source,
+            })
+    }
+
+    /// The publishing channel, (re)opened when there is none or it was lost.
+    async fn publisher(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.inner.publisher.lock().await;
+        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        *slot = None;
+        let conn = self.open("publisher").await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("channel.open"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp_err("confirm.select"))?;
+        // The channel keeps its connection open; the connection handle itself may go.
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Publish and wait for RabbitMQ's confirm. The default exchange `""` routes to the
+    /// queue named by the routing key; a named exchange routes through its bindings.
+    /// Nothing bound to take the message is [`BrokerError::Unroutable`]; a lost connection
+    /// is retried (reconnecting) for up to [`PUBLISH_RETRY_FOR`].
+    pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let props = fields::properties(msg)?;
+        let exchange_name = short(exchange, "exchange name")?;
+        let key = short(routing_key, "routing key")?;
+        let give_up = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let ch = self.publisher().await?;
+                let confirm = ch
+                    .basic_publish(
+                        exchange_name.clone(),
+                        key.clone(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &msg.body,
+                        props.clone(),
+                    )
+                    .await
+                    .map_err(amqp_err("basic.publish"))?;
+                confirm.await.map_err(amqp_err("publisher confirm"))
+            };
+            match attempt.await {
+                Ok(Confirmation::Ack(None)) => return Ok(()),
+                Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                    return Err(BrokerError::Unroutable {
+                        exchange: exchange.into(),
+                        routing_key: routing_key.into(),
+                    });
+                }
+                Ok(Confirmation::Nack(None) | Confirmation::NotRequested) => {
+                    return Err(BrokerError::NotConfirmed {
+                        exchange: exchange.into(),
+                        routing_key: routing_key.into(),
+                    });
+                }
+                Err(err) if err.is_connection_error() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "publish failed; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Declare queue `name` as Celery's worker does: a durable direct exchange of the same
+    /// name, the durable queue with the configured arguments, bound with routing key `name`.
+    async fn declare(&self, ch: &Channel, name: &str) -> Result<(), BrokerError> {
+        let queue = short(name, "queue name")?;
+        ch.exchange_declare(
+            queue.clone(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_err("exchange.declare"))?;
+        self.declare_queue(ch, name, self.queue_arguments()).await?;
+        ch.queue_bind(
+            queue.clone(),
+            queue.clone(),
+            queue,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_err("queue.bind"))
+    }
+
+    async fn declare_queue(
+        &self,
+        ch: &Channel,
+        name: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        ch.queue_declare(
+            short(name, "queue name")?,
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map(drop)
+        .map_err(|source| BrokerError::Declare {
+            queue: name.to_owned(),
+            source,
+        })
+    }
+
+    fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let Some(p) = self.inner.opts.max_priority {
+            args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
+        }
+        if self.inner.opts.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+        }
+        args
+    }
+
+    /// Messages ready in `queue` (a passive declare; not counting unacknowledged ones).
+    pub async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
+        let conn = self.open("inspect").await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("channel.open"))?;
+        let q = ch
+            .queue_declare(
+                short(queue, "queue name")?,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| BrokerError::Declare {
+                queue: queue.to_owned(),
+                source,
+            })?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Start consuming `queues` with at most `prefetch` unacknowledged deliveries per queue
+    /// (`0`: no limit). The first connection and the declarations happen here, so their
+    /// errors are returned at once; later losses are reported by [`AmqpConsumer::next`].
+    pub async fn consume(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<AmqpConsumer, BrokerError> {
+        if queues.is_empty() {
+            return Err(BrokerError::NoQueues);
+        }
+        let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+        let session = Session::open(self, queues, prefetch).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fetcher = tokio::spawn(fetch(self.clone(), queues.to_vec(), prefetch, session, tx));
+        Ok(AmqpConsumer { rx, fetcher })
+    }
+}
+
+/// One consuming connection: its channel and one lapin consumer per queue.
+struct Session {
+    channel: Arc<Channel>,
+    consumers: Vec<lapin::Consumer>,
+}
+
+impl Session {
+    async fn open(
+        broker: &AmqpBroker,
+        queues: &[String],
+        prefetch: u16,
+    ) -> Result<Session, BrokerError> {
+        let conn = broker.open("consumer").await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("channel.open"))?;
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp_err("basic.qos"))?;
+        broker
+            .declare_queue(&ch, DEAD_LETTER_KEY, FieldTable::default())
+            .await?;
+        let mut consumers = Vec::with_capacity(queues.len());
+        for q in queues {
+            broker.declare(&ch, q).await?;
+            let consumer = ch
+                .basic_consume(
+                    short(q, "queue name")?,
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp_err("basic.consume"))?;
+            consumers.push(consumer);
+        }
+        Ok(Session {
+            channel: Arc::new(ch),
+            consumers,
+        })
+    }
+}
+
+/// The background fetcher: moves deliveries from RabbitMQ to the consumer's buffer, and
+/// reconnects when the connection is lost. Ends when the consumer is closed or dropped.
+async fn fetch(
+    broker: AmqpBroker,
+    queues: Vec<String>,
+    prefetch: u16,
+    mut session: Session,
+    tx: mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
+) {
+    loop {
+        let lost = run_session(&broker, &session, &tx).await;
+        let Some(err) = lost else {
+            return; // the consumer is gone
+        };
+        tracing::warn!(error = %err, "AMQP consumer lost its connection; reconnecting");
+        if tx.send(Err(err)).is_err() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(200);
+        session = loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            match Session::open(&broker, &queues, prefetch).await {
+                Ok(s) => {
+                    tracing::info!("AMQP consumer reconnected");
+                    break s;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "AMQP reconnect failed");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+    }
+}
+
+/// Forward deliveries until the connection is lost (`Some(error)`) or the consumer is
+/// closed (`None`; the consumers are then cancelled and whatever still arrives is handed
+/// back to RabbitMQ).
+async fn run_session(
+    broker: &AmqpBroker,
+    session: &Session,
+    tx: &mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
+) -> Option<BrokerError> {
+    // Each delivery keeps the name of the queue it came from (for dead letters).
+    let mut streams = futures_util::stream::select_all(session.consumers.iter().map(|c| {
+        let queue = c.queue().to_string();
+        c.clone().map(move |d| (queue.clone(), d))
+    }));
+    loop {
+        let item = tokio::select! {
+            () = tx.closed() => break,
+            item = streams.next() => item,
+        };
+        match item {
+            Some((queue, Ok(d))) => {
+                let message = fields::raw_message(
+                    d.data,
+                    &d.properties,
+                    d.exchange.as_str(),
+                    d.routing_key.as_str(),
+                    d.redelivered,
+                );
+                let acker = AmqpAcker {
+                    broker: broker.clone(),
+                    channel: session.channel.clone(),
+                    tag: d.delivery_tag,
+                    queue,
+                };
+                let delivery = Delivery::new(
+                    message,
+                    d.delivery_tag.to_string(),
+                    Acker::Amqp(acker),
+                    None,
+                );
+                if let Err(unsent) = tx.send(Ok(delivery)) {
+                    // Closed between the check and the send: hand it back.
+                    if let Ok(d) = unsent.0 {
+                        let _ = d.restore().await;
+                    }
+                    break;
+                }
+            }
+            Some((_, Err(source))) => {
+                return Some(BrokerError::Amqp {
+                    op: "basic.deliver",
+                    source,
+                });
+            }
+            None => {
+                return Some(BrokerError::ConsumerCancelled);
+            }
+        }
+    }
+    // Closed: stop deliveries, then give back what arrives after the cancel was sent.
+    for c in &session.consumers {
+        let _ = session
+            .channel
+            .basic_cancel(c.tag(), BasicCancelOptions::default())
+            .await;
+    }
+    while let Ok(Some((_, Ok(d)))) =
+        tokio::time::timeout(Duration::from_millis(50), streams.next()).await
+    {
+        let _ = session
+            .channel
+            .basic_reject(d.delivery_tag, BasicRejectOptions { requeue: true })
+            .await;
+    }
+    None
+}
+
+/// A stream of deliveries from RabbitMQ.
+pub struct AmqpConsumer {
+    rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+    fetcher: JoinHandle<()>,
+}
+
+impl AmqpConsumer {
+    /// The next delivery (cancel-safe). A lost connection is reported once as an error;
+    /// calling `next` again waits for the reconnected consumer.
+    pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        self.rx.recv().await.unwrap_or(Err(BrokerError::Closed))
+    }
+
+    /// Stop consuming and hand every buffered, not yet given out delivery back to
+    /// RabbitMQ (`basic.reject(requeue=true)`). Deliveries given out stay valid.
+    pub async fn close(mut self) -> Result<(), BrokerError> {
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(d) = item {
+                d.restore().await?;
+            }
+        }
+        // The fetcher cancels the consumers and requeues stragglers; wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.fetcher).await;
+        Ok(())
+    }
+}
+
+/// How an AMQP delivery is settled: on the channel it arrived on.
+pub(crate) struct AmqpAcker {
+    broker: AmqpBroker,
+    channel: Arc<Channel>,
+    tag: u64,
+    /// The queue it was consumed from.
+    queue: String,
+}
+
+impl AmqpAcker {
+    pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
+        self.channel
+            .basic_ack(self.tag, lapin::options::BasicAckOptions::default())
+            .await
+            .map_err(amqp_err("basic.ack"))
+    }
+
+    /// `basic.reject(requeue=true)`: RabbitMQ puts it back (near its old place) marked
+    /// redelivered.
+    pub(crate) async fn requeue(&self) -> Result<(), BrokerError> {
+        self.channel
+            .basic_reject(self.tag, BasicRejectOptions { requeue: true })
+            .await
+            .map_err(amqp_err("basic.reject"))
+    }
+
+    /// Republish the message unchanged to [`DEAD_LETTER_KEY`] with why and where from in
+    /// its headers; ack the original only once the copy is confirmed.
+    pub(crate) async fn dead_letter(
+        &self,
+        message: &RawMessage,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let mut kept = message.clone();
+        let di = &message.delivery_info;
+        for (k, v) in [
+            ("x-celeriac-reason", reason),
+            ("x-celeriac-queue", self.queue.as_str()),
+            ("x-original-exchange", di.exchange.as_str()),
+            ("x-original-routing-key", di.routing_key.as_str()),
+        ] {
+            kept.headers.insert(k.into(), v.into());
+        }
+        self.broker.publish(&kept, "", DEAD_LETTER_KEY).await?;
+        self.ack().await
+    }
+}
