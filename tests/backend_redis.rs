@@ -1,5 +1,5 @@
 //! The Redis result backend against a real Redis (127.0.0.1:6379, databases 6-9) and real
-//! Python Celery 5.7 (`/tmp/pyvenv`). Each test owns one database and flushes it first;
+//! Python Celery 5.7 (the project's `.venv`). Each test owns one database and flushes it first;
 //! task ids are unique per test because pub/sub channels are shared by all databases.
 //!
 //! Redis or Python missing is a failure, never a skip.
@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 const REDIS: &str = "redis://127.0.0.1:6379";
 /// The project's Python (Celery 5.7), made by `scripts/test.sh`; `CELERIAC_PYTHON` overrides it.
 fn python_bin() -> String {
-    std::env::var("CELERIAC_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
+    std::env::var("CELERIAC_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
 }
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/backend");
 
@@ -356,7 +357,12 @@ fn python(script: &str, args: &[&str]) -> Result<String> {
         .arg(script)
         .args(args)
         .output()
-        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python_bin()))?;
+        .with_context(|| {
+            format!(
+                "{} must exist (the Celery 5.7 venv; run scripts/test.sh)",
+                python_bin()
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "python failed: {}\n{}",
@@ -518,7 +524,12 @@ print(json.dumps({"value": value, "at": time.time()}))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("{} must exist (the Celery 5.7 venv; run scripts/test.sh)", python_bin()))?;
+        .with_context(|| {
+            format!(
+                "{} must exist (the Celery 5.7 venv; run scripts/test.sh)",
+                python_bin()
+            )
+        })?;
 
     // Store only once Python is subscribed (and so already inside get()).
     let deadline = Instant::now() + Duration::from_secs(20);

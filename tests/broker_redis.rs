@@ -1,6 +1,6 @@
 //! kombu's Redis transport against the real Redis at 127.0.0.1:6379 (database 5, flushed at
 //! the start of every test; tests take turns through a lock). Python interop runs kombu 5.7
-//! from /tmp/pyvenv. Fails loudly when Redis is unreachable.
+//! from the project's .venv. Fails loudly when Redis is unreachable.
 
 mod conformance;
 
@@ -17,8 +17,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const URL: &str = "redis://127.0.0.1:6379/5";
-const VECTORS: &str = "/work/shared/vectors/redis";
-const PYTHON: &str = "/tmp/pyvenv/bin/python";
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/redis");
+/// The project's Python (kombu 5.7), made by `scripts/test.sh`; `CELERIAC_PYTHON` overrides it.
+fn python_bin() -> String {
+    std::env::var("CELERIAC_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
+}
 
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -42,6 +46,7 @@ fn short_visibility() -> BrokerOptions {
     BrokerOptions {
         visibility_timeout: Duration::from_secs(1),
         restore_interval: Duration::from_millis(300),
+        ..BrokerOptions::default()
     }
 }
 
@@ -104,12 +109,13 @@ fn tag_of(envelope: &[u8]) -> String {
 }
 
 fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(PYTHON)
+    let python = python_bin();
+    let out = Command::new(&python)
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {PYTHON} (the kombu venv is required): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {python} (the kombu venv is required): {e}"));
     assert!(
         out.status.success(),
         "python failed: {}\n{}",

@@ -11,13 +11,24 @@ use celeriac::protocol::{DeliveryInfo, RawMessage, Serializer, TaskMessage, deco
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-const CONTENT_TYPES: [&str; 4] = ["application/json", "application/x-msgpack", "application/msgpack", ""];
+const CONTENT_TYPES: [&str; 4] = [
+    "application/json",
+    "application/x-msgpack",
+    "application/msgpack",
+    "",
+];
 
 fn vectors() -> PathBuf {
     let dir = std::env::var_os("CELERIAC_VECTORS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).to_path_buf());
-    assert!(dir.join("INDEX.md").exists(), "golden vectors not found at {} (set CELERIAC_VECTORS)", dir.display());
+        .unwrap_or_else(|| {
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).to_path_buf()
+        });
+    assert!(
+        dir.join("INDEX.md").exists(),
+        "golden vectors not found at {} (set CELERIAC_VECTORS)",
+        dir.display()
+    );
     dir
 }
 
@@ -32,10 +43,13 @@ fn captures() -> &'static [RawMessage] {
             if !name.ends_with(".json") || name.ends_with(".decoded.json") {
                 continue;
             }
-            let env: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
-            let (Some(body), Some(Value::Object(headers)), Some(Value::Object(props))) =
-                (env.get("body").and_then(Value::as_str), env.get("headers"), env.get("properties"))
-            else {
+            let env: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            let (Some(body), Some(Value::Object(headers)), Some(Value::Object(props))) = (
+                env.get("body").and_then(Value::as_str),
+                env.get("headers"),
+                env.get("properties"),
+            ) else {
                 continue;
             };
             let mut properties = props.clone();
@@ -76,7 +90,8 @@ fn arb_value(markers: bool) -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+            .map(Value::Number)),
         ".{0,12}".prop_map(Value::String),
     ];
     // serde_json (without its `float_roundtrip` feature) may read a 17-digit float with a
@@ -104,7 +119,8 @@ fn arb_value(markers: bool) -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 40, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((".{0,6}", inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            prop::collection::vec((".{0,6}", inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
         ]
     })
 }
@@ -170,7 +186,10 @@ fn apply(raw: &mut RawMessage, m: &Mutation) {
             raw.headers.remove(name);
         }
         Mutation::RetypeHeader(i, v) => {
-            raw.headers.insert(header_names()[i % header_names().len()].to_string(), v.clone());
+            raw.headers.insert(
+                header_names()[i % header_names().len()].to_string(),
+                v.clone(),
+            );
         }
         Mutation::ContentType(i) => raw.content_type = CONTENT_TYPES[*i].to_string(),
         Mutation::AppendGarbage(bytes) => raw.body.extend_from_slice(bytes),

@@ -9,7 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use celeriac::protocol::kombu::to_python_json;
 use celeriac::protocol::{
-    DecodeError, DeliveryInfo, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage, decode, encode,
+    DecodeError, DeliveryInfo, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage,
+    decode, encode,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value, json};
@@ -19,8 +20,14 @@ use serde_json::{Map, Value, json};
 fn vectors() -> PathBuf {
     let dir = std::env::var_os("CELERIAC_VECTORS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).to_path_buf());
-    assert!(dir.join("INDEX.md").exists(), "golden vectors not found at {} (set CELERIAC_VECTORS)", dir.display());
+        .unwrap_or_else(|| {
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).to_path_buf()
+        });
+    assert!(
+        dir.join("INDEX.md").exists(),
+        "golden vectors not found at {} (set CELERIAC_VECTORS)",
+        dir.display()
+    );
     dir
 }
 
@@ -49,7 +56,10 @@ fn raw_from_envelope(env: &Value) -> RawMessage {
     RawMessage {
         body,
         content_type: env["content-type"].as_str().unwrap_or_default().to_string(),
-        content_encoding: env["content-encoding"].as_str().unwrap_or_default().to_string(),
+        content_encoding: env["content-encoding"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         headers: obj(&env["headers"]),
         properties,
         delivery_info,
@@ -66,12 +76,18 @@ fn redis(name: &str) -> (Value, RawMessage) {
 fn amqp(name: &str) -> (Value, RawMessage) {
     let cap = read_json(&vectors().join("amqp/broker").join(format!("{name}.json")));
     let mut properties = obj(&cap["properties"]);
-    let content_type =
-        properties.remove("content_type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let content_encoding =
-        properties.remove("content_encoding").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let content_type = properties
+        .remove("content_type")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let content_encoding = properties
+        .remove("content_encoding")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let raw = RawMessage {
-        body: B64.decode(cap["body_b64"].as_str().expect("body_b64")).expect("base64"),
+        body: B64
+            .decode(cap["body_b64"].as_str().expect("body_b64"))
+            .expect("base64"),
         content_type,
         content_encoding,
         headers: obj(&cap["headers"]),
@@ -88,7 +104,11 @@ fn normalize_capture(v: &Value) -> Value {
         Value::Object(m) if m.len() == 1 && m.contains_key("__bytes_utf8__") => {
             json!({"__type__": "bytes", "__value__": m["__bytes_utf8__"]})
         }
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), normalize_capture(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), normalize_capture(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(normalize_capture).collect()),
         other => other.clone(),
     }
@@ -107,19 +127,67 @@ fn assert_matches_capture(what: &str, msg: &TaskMessage, headers: &Value, body: 
     assert_eq!(Value::Array(msg.args.clone()), body[0], "{what}: args");
     assert_eq!(Value::Object(msg.kwargs.clone()), body[1], "{what}: kwargs");
     assert_eq!(embed_value(msg), body[2], "{what}: embed");
-    assert_eq!(msg.headers.retries as u64, headers["retries"].as_u64().unwrap_or(0), "{what}: retries");
-    assert_eq!(msg.headers.root_id.as_deref(), headers["root_id"].as_str(), "{what}: root_id");
-    assert_eq!(msg.headers.parent_id.as_deref(), headers["parent_id"].as_str(), "{what}: parent_id");
-    assert_eq!(msg.headers.group.as_deref(), headers["group"].as_str(), "{what}: group");
-    assert_eq!(msg.headers.group_index, headers["group_index"].as_i64(), "{what}: group_index");
-    assert_eq!(msg.headers.shadow.as_deref(), headers["shadow"].as_str(), "{what}: shadow");
-    assert_eq!(msg.headers.argsrepr.as_deref(), headers["argsrepr"].as_str(), "{what}: argsrepr");
-    assert_eq!(msg.headers.kwargsrepr.as_deref(), headers["kwargsrepr"].as_str(), "{what}: kwargsrepr");
-    assert_eq!(msg.headers.origin.as_deref(), headers["origin"].as_str(), "{what}: origin");
-    assert_eq!(msg.headers.ignore_result, headers["ignore_result"].as_bool(), "{what}: ignore_result");
+    assert_eq!(
+        msg.headers.retries as u64,
+        headers["retries"].as_u64().unwrap_or(0),
+        "{what}: retries"
+    );
+    assert_eq!(
+        msg.headers.root_id.as_deref(),
+        headers["root_id"].as_str(),
+        "{what}: root_id"
+    );
+    assert_eq!(
+        msg.headers.parent_id.as_deref(),
+        headers["parent_id"].as_str(),
+        "{what}: parent_id"
+    );
+    assert_eq!(
+        msg.headers.group.as_deref(),
+        headers["group"].as_str(),
+        "{what}: group"
+    );
+    assert_eq!(
+        msg.headers.group_index,
+        headers["group_index"].as_i64(),
+        "{what}: group_index"
+    );
+    assert_eq!(
+        msg.headers.shadow.as_deref(),
+        headers["shadow"].as_str(),
+        "{what}: shadow"
+    );
+    assert_eq!(
+        msg.headers.argsrepr.as_deref(),
+        headers["argsrepr"].as_str(),
+        "{what}: argsrepr"
+    );
+    assert_eq!(
+        msg.headers.kwargsrepr.as_deref(),
+        headers["kwargsrepr"].as_str(),
+        "{what}: kwargsrepr"
+    );
+    assert_eq!(
+        msg.headers.origin.as_deref(),
+        headers["origin"].as_str(),
+        "{what}: origin"
+    );
+    assert_eq!(
+        msg.headers.ignore_result,
+        headers["ignore_result"].as_bool(),
+        "{what}: ignore_result"
+    );
     let tl = &headers["timelimit"];
-    assert_eq!(msg.headers.timelimit, (tl[0].as_f64(), tl[1].as_f64()), "{what}: timelimit");
-    assert_eq!(Value::Object(msg.headers.stamps.clone()), headers["stamps"], "{what}: stamps");
+    assert_eq!(
+        msg.headers.timelimit,
+        (tl[0].as_f64(), tl[1].as_f64()),
+        "{what}: timelimit"
+    );
+    assert_eq!(
+        Value::Object(msg.headers.stamps.clone()),
+        headers["stamps"],
+        "{what}: stamps"
+    );
     for (k, v) in &msg.headers.extra {
         assert_eq!(&headers[k], v, "{what}: extra header {k}");
     }
@@ -143,8 +211,10 @@ fn assert_matches_capture(what: &str, msg: &TaskMessage, headers: &Value, body: 
 fn redis_envelopes() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for dir in ["redis/broker", "redis/ack-emulation"] {
-        let mut paths: Vec<_> =
-            fs::read_dir(vectors().join(dir)).expect("vectors dir").map(|e| e.unwrap().path()).collect();
+        let mut paths: Vec<_> = fs::read_dir(vectors().join(dir))
+            .expect("vectors dir")
+            .map(|e| e.unwrap().path())
+            .collect();
         paths.sort();
         for path in paths {
             let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -152,7 +222,10 @@ fn redis_envelopes() -> Vec<(String, Value)> {
                 continue;
             }
             let v = read_json(&path);
-            if v.get("body").is_some() && v.get("headers").is_some() && v.get("properties").is_some() {
+            if v.get("body").is_some()
+                && v.get("headers").is_some()
+                && v.get("properties").is_some()
+            {
                 out.push((format!("{dir}/{name}"), v));
             }
         }
@@ -163,12 +236,19 @@ fn redis_envelopes() -> Vec<(String, Value)> {
 #[test]
 fn every_redis_capture_decodes_to_its_decoded_json() {
     let envelopes = redis_envelopes();
-    assert!(envelopes.len() >= 30, "expected the captured envelopes, found {}", envelopes.len());
+    assert!(
+        envelopes.len() >= 30,
+        "expected the captured envelopes, found {}",
+        envelopes.len()
+    );
     for (name, env) in &envelopes {
         let raw = raw_from_envelope(env);
         let msg = decode(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(msg.properties, raw.properties, "{name}: properties copied");
-        assert_eq!(msg.delivery_info, raw.delivery_info, "{name}: delivery_info copied");
+        assert_eq!(
+            msg.delivery_info, raw.delivery_info,
+            "{name}: delivery_info copied"
+        );
         let decoded_path = vectors().join(name.replace(".json", ".decoded.json"));
         if !decoded_path.exists() {
             continue;
@@ -228,7 +308,11 @@ fn decode_then_encode_rebuilds_every_captured_v2_message() {
                 expected[field] = json!(format!("{s}+00:00"));
             }
         }
-        assert_eq!(to_python_json(&Value::Object(again.headers.clone())), to_python_json(&expected), "{name}: headers");
+        assert_eq!(
+            to_python_json(&Value::Object(again.headers.clone())),
+            to_python_json(&expected),
+            "{name}: headers"
+        );
         if raw.headers.contains_key("compression") {
             // Our zlib stream may differ from Python's; what it holds must not.
             assert_eq!(decode(&again).unwrap().args, msg.args, "{name}");
@@ -257,16 +341,25 @@ fn golden_encode_v2_basic() {
     let id = "00000000-0000-4000-8000-000000000001";
     let mut msg = TaskMessage::new("tasks.add", id, vec![json!(2), json!(3)], Map::new());
     msg.headers.origin = Some("gen30196@vm".into());
-    msg.properties.insert("reply_to".into(), json!("66381240-4081-3615-a8ad-96f052e1eb1a"));
+    msg.properties.insert(
+        "reply_to".into(),
+        json!("66381240-4081-3615-a8ad-96f052e1eb1a"),
+    );
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
     assert_eq!(
         String::from_utf8(out.body.clone()).unwrap(),
         r#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#
     );
-    assert_eq!(to_python_json(&Value::Object(out.headers)), to_python_json(&env["headers"]));
+    assert_eq!(
+        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&env["headers"])
+    );
     assert_eq!(Value::Object(out.properties), Value::Object(raw.properties));
-    assert_eq!((out.content_type.as_str(), out.content_encoding.as_str()), ("application/json", "utf-8"));
+    assert_eq!(
+        (out.content_type.as_str(), out.content_encoding.as_str()),
+        ("application/json", "utf-8")
+    );
 }
 
 /// link, link_error, custom headers, shadow, time limits, retries, ignore_result, ids.
@@ -275,7 +368,12 @@ fn golden_encode_v2_full_options() {
     let (env, raw) = redis("v2_full_options");
     let mut kwargs = Map::new();
     kwargs.insert("y".into(), json!(2));
-    let mut msg = TaskMessage::new("tasks.add", "00000000-0000-4000-8000-000000000006", vec![json!(1)], kwargs);
+    let mut msg = TaskMessage::new(
+        "tasks.add",
+        "00000000-0000-4000-8000-000000000006",
+        vec![json!(1)],
+        kwargs,
+    );
     let h = &mut msg.headers;
     h.shadow = Some("shadowed.name".into());
     h.retries = 3;
@@ -289,10 +387,16 @@ fn golden_encode_v2_full_options() {
     let sig = |task: &str, args: Value| json!({"task": task, "args": args, "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false});
     msg.embed.callbacks = Some(vec![sig("tasks.add", json!([10]))]);
     msg.embed.errbacks = Some(vec![sig("tasks.errback", json!([]))]);
-    msg.properties.insert("reply_to".into(), json!("66381240-4081-3615-a8ad-96f052e1eb1a"));
+    msg.properties.insert(
+        "reply_to".into(),
+        json!("66381240-4081-3615-a8ad-96f052e1eb1a"),
+    );
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
-    assert_eq!(to_python_json(&Value::Object(out.headers)), to_python_json(&env["headers"]));
+    assert_eq!(
+        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&env["headers"])
+    );
     assert_eq!(Value::Object(out.properties), Value::Object(raw.properties));
 }
 
@@ -302,16 +406,26 @@ fn golden_encode_v2_send_task() {
     let (env, raw) = redis("v2_send_task");
     let mut kwargs = Map::new();
     kwargs.insert("z".into(), json!(1));
-    let mut msg =
-        TaskMessage::new("tasks.add", "00000000-0000-4000-8000-000000000002", vec![json!(2), json!(3)], kwargs);
+    let mut msg = TaskMessage::new(
+        "tasks.add",
+        "00000000-0000-4000-8000-000000000002",
+        vec![json!(2), json!(3)],
+        kwargs,
+    );
     msg.headers.ignore_result = None;
     msg.headers.origin = Some("gen30196@vm".into());
     // send_task(args=[2, 3]) reprs a list, not a tuple.
     msg.headers.argsrepr = Some("[2, 3]".into());
-    msg.properties.insert("reply_to".into(), json!("66381240-4081-3615-a8ad-96f052e1eb1a"));
+    msg.properties.insert(
+        "reply_to".into(),
+        json!("66381240-4081-3615-a8ad-96f052e1eb1a"),
+    );
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
-    assert_eq!(to_python_json(&Value::Object(out.headers)), to_python_json(&env["headers"]));
+    assert_eq!(
+        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&env["headers"])
+    );
 }
 
 #[test]
@@ -320,10 +434,20 @@ fn golden_encode_msgpack_body() {
     let msg = decode(&raw).unwrap();
     assert_eq!(msg.serializer, Serializer::Msgpack);
     // args [1, 2.5, b"\x00\x01"]: bin arrives as the bytes marker and is written back as bin.
-    assert_eq!(msg.args, vec![json!(1), json!(2.5), json!({"__type__": "bytes", "__value__": "\u{0}\u{1}"})]);
+    assert_eq!(
+        msg.args,
+        vec![
+            json!(1),
+            json!(2.5),
+            json!({"__type__": "bytes", "__value__": "\u{0}\u{1}"})
+        ]
+    );
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
-    assert_eq!((out.content_type.as_str(), out.content_encoding.as_str()), ("application/x-msgpack", "binary"));
+    assert_eq!(
+        (out.content_type.as_str(), out.content_encoding.as_str()),
+        ("application/x-msgpack", "binary")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -332,7 +456,10 @@ fn golden_encode_msgpack_body() {
 
 #[test]
 fn v1_message_is_converted_like_proto1_to_proto2() {
-    for (what, raw) in [("redis", redis("v1_send_task").1), ("amqp", amqp("v1_send_task").1)] {
+    for (what, raw) in [
+        ("redis", redis("v1_send_task").1),
+        ("amqp", amqp("v1_send_task").1),
+    ] {
         let msg = decode(&raw).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(msg.protocol, ProtocolVersion::V1);
         assert_eq!(msg.headers.task, "tasks.add");
@@ -344,7 +471,9 @@ fn v1_message_is_converted_like_proto1_to_proto2() {
         assert_eq!(msg.headers.kwargsrepr.as_deref(), Some("{}"));
         assert!(msg.headers.eta.is_some() && msg.headers.expires.is_some());
         assert_eq!(msg.headers.extra.get("utc"), Some(&json!(true)));
-        assert!(!msg.headers.extra.contains_key("args") && !msg.headers.extra.contains_key("taskset"));
+        assert!(
+            !msg.headers.extra.contains_key("args") && !msg.headers.extra.contains_key("taskset")
+        );
     }
 }
 
@@ -356,15 +485,24 @@ fn v1_taskset_becomes_group_and_kwargs_must_be_a_mapping() {
         content_encoding: "utf-8".into(),
         ..RawMessage::default()
     };
-    let msg = decode(&v1(json!({"task": "t", "id": "i", "args": [1], "kwargs": {}, "taskset": "g1"}))).unwrap();
+    let msg = decode(&v1(
+        json!({"task": "t", "id": "i", "args": [1], "kwargs": {}, "taskset": "g1"}),
+    ))
+    .unwrap();
     assert_eq!(msg.headers.group.as_deref(), Some("g1"));
-    let err = decode(&v1(json!({"task": "t", "id": "i", "args": [], "kwargs": [1]}))).unwrap_err();
+    let err = decode(&v1(
+        json!({"task": "t", "id": "i", "args": [], "kwargs": [1]}),
+    ))
+    .unwrap_err();
     assert!(matches!(err, DecodeError::BodyShape(_)), "{err}");
     assert!(err.to_string().contains("mapping"));
     // No args/kwargs at all: Celery's .get() defaults.
     let msg = decode(&v1(json!({"task": "t", "id": "i"}))).unwrap();
     assert!(msg.args.is_empty() && msg.kwargs.is_empty());
-    assert!(matches!(decode(&v1(json!({"task": "t"}))), Err(DecodeError::MissingHeader("id"))));
+    assert!(matches!(
+        decode(&v1(json!({"task": "t"}))),
+        Err(DecodeError::MissingHeader("id"))
+    ));
 }
 
 #[test]
@@ -406,18 +544,26 @@ fn naive_eta_is_read_as_utc() {
     let (_, raw) = redis("v2_eta_naive");
     assert_eq!(raw.headers["eta"], json!("2030-01-01T12:00:00"));
     let msg = decode(&raw).unwrap();
-    assert_eq!(msg.headers.eta, Some(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap()));
+    assert_eq!(
+        msg.headers.eta,
+        Some(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap())
+    );
 }
 
 #[test]
 fn eta_is_written_in_python_isoformat() {
     let mut msg = TaskMessage::new("t", "i", vec![], Map::new());
     msg.headers.eta = Some(Utc.with_ymd_and_hms(2030, 1, 2, 0, 0, 0).unwrap());
-    msg.headers.expires =
-        Some(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::microseconds(123_456));
+    msg.headers.expires = Some(
+        Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap()
+            + chrono::Duration::microseconds(123_456),
+    );
     let out = encode(&msg).unwrap();
     assert_eq!(out.headers["eta"], json!("2030-01-02T00:00:00+00:00"));
-    assert_eq!(out.headers["expires"], json!("2030-01-01T12:00:00.123456+00:00"));
+    assert_eq!(
+        out.headers["expires"],
+        json!("2030-01-01T12:00:00.123456+00:00")
+    );
 }
 
 #[test]
@@ -427,7 +573,10 @@ fn group_members_share_the_group_id_with_their_index() {
         let msg = decode(&raw).unwrap();
         assert!(msg.headers.group.is_some());
         assert_eq!(msg.headers.group_index, Some(i));
-        assert_eq!(msg.headers.root_id.as_deref(), Some(msg.headers.id.as_str()));
+        assert_eq!(
+            msg.headers.root_id.as_deref(),
+            Some(msg.headers.id.as_str())
+        );
     }
 }
 
@@ -449,14 +598,20 @@ fn chord_header_carries_the_body_signature() {
     let msg = decode(&raw).unwrap();
     let chord = msg.embed.chord.expect("chord");
     assert_eq!(chord["task"], json!("tasks.xsum"));
-    assert_eq!(chord["options"]["group_id"].as_str(), msg.headers.group.as_deref());
+    assert_eq!(
+        chord["options"]["group_id"].as_str(),
+        msg.headers.group.as_deref()
+    );
 }
 
 #[test]
 fn stamps_and_stamped_headers() {
     let (_, raw) = redis("v2_stamped");
     let msg = decode(&raw).unwrap();
-    assert_eq!(msg.headers.stamped_headers, Some(vec!["mystamp".to_string()]));
+    assert_eq!(
+        msg.headers.stamped_headers,
+        Some(vec!["mystamp".to_string()])
+    );
     assert_eq!(msg.headers.stamps["mystamp"], json!("stamp-value"));
 }
 
@@ -464,8 +619,14 @@ fn stamps_and_stamped_headers() {
 fn special_types_keep_their_markers_byte_for_byte() {
     let (_, raw) = redis("v2_json_special_types");
     let msg = decode(&raw).unwrap();
-    assert_eq!(msg.args[5], json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}));
-    assert_eq!(msg.args[7], json!({"__type__": "base64", "__value__": "/wAB"}));
+    assert_eq!(
+        msg.args[5],
+        json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}})
+    );
+    assert_eq!(
+        msg.args[7],
+        json!({"__type__": "base64", "__value__": "/wAB"})
+    );
     // An echo of these values is the very same bytes.
     assert_eq!(encode(&msg).unwrap().body, raw.body);
     let plain = celeriac::protocol::kombu::plain(&Value::Array(msg.args.clone()));
@@ -484,8 +645,16 @@ fn argsrepr_of_special_types_matches_celery() {
     let (_, raw) = redis("v2_json_special_types");
     let msg = decode(&raw).unwrap();
     // Celery's argsrepr shows the tuple (1, 2) that JSON turned into a list; the rest is equal.
-    let expected = msg.headers.argsrepr.clone().unwrap().replace("(1, 2)]", "[1, 2]]");
-    assert_eq!(celeriac::protocol::kombu::saferepr(&Value::Array(msg.args.clone()), Some(1024)), expected);
+    let expected = msg
+        .headers
+        .argsrepr
+        .clone()
+        .unwrap()
+        .replace("(1, 2)]", "[1, 2]]");
+    assert_eq!(
+        celeriac::protocol::kombu::saferepr(&Value::Array(msg.args.clone()), Some(1024)),
+        expected
+    );
 }
 
 #[test]
@@ -501,7 +670,8 @@ fn gzip_compression_is_a_zlib_stream() {
 #[test]
 fn other_compressions_are_refused_by_name() {
     let (_, mut raw) = redis("v2_basic");
-    raw.headers.insert("compression".into(), json!("application/x-bz2"));
+    raw.headers
+        .insert("compression".into(), json!("application/x-bz2"));
     let err = decode(&raw).unwrap_err();
     assert!(matches!(err, DecodeError::Compression(_)));
     assert!(err.to_string().contains("application/x-bz2"), "{err}");
@@ -512,12 +682,21 @@ fn retry_message_carries_origin_as_an_extra_property() {
     let (_, raw) = redis("retry_message");
     let msg = decode(&raw).unwrap();
     assert_eq!(msg.headers.retries, 1);
-    assert_eq!(msg.headers.parent_id.as_deref(), Some(msg.headers.id.as_str()));
+    assert_eq!(
+        msg.headers.parent_id.as_deref(),
+        Some(msg.headers.id.as_str())
+    );
     assert_eq!(msg.properties["origin"], json!("gen30405@vm"));
     let out = encode(&msg).unwrap();
     assert_eq!(
         out.properties.keys().collect::<Vec<_>>(),
-        ["correlation_id", "reply_to", "origin", "delivery_mode", "priority"]
+        [
+            "correlation_id",
+            "reply_to",
+            "origin",
+            "delivery_mode",
+            "priority"
+        ]
     );
 }
 
@@ -527,7 +706,14 @@ fn handbuilt_minimal_message_decodes() {
     let msg = decode(&raw).unwrap();
     assert_eq!(msg.args, vec![json!(2), json!(2)]);
     assert_eq!(msg.embed, Default::default());
-    assert_eq!((msg.headers.retries, msg.headers.ignore_result, msg.headers.lang.as_deref()), (0, None, None));
+    assert_eq!(
+        (
+            msg.headers.retries,
+            msg.headers.ignore_result,
+            msg.headers.lang.as_deref()
+        ),
+        (0, None, None)
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -539,8 +725,14 @@ fn section11_timelimit_is_hard_then_soft() {
     let (_, raw) = amqp("v2_full_options");
     let msg = decode(&raw).unwrap();
     assert_eq!(msg.headers.timelimit, (Some(30.0), Some(20.0)));
-    assert_eq!(msg.headers.hard_time_limit(), Some(std::time::Duration::from_secs(30)));
-    assert_eq!(msg.headers.soft_time_limit(), Some(std::time::Duration::from_secs(20)));
+    assert_eq!(
+        msg.headers.hard_time_limit(),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(
+        msg.headers.soft_time_limit(),
+        Some(std::time::Duration::from_secs(20))
+    );
 }
 
 #[test]
@@ -584,7 +776,9 @@ fn section11_uuid_marker_value_is_an_object() {
     assert!(msg.args[5]["__value__"].is_object());
     // A bare string is what kombu would refuse (uuid.UUID(**"...") fails).
     let mut bad = raw.clone();
-    bad.body = br#"[[{"__type__": "uuid", "__value__": "12345678123456781234567812345678"}], {}, {}]"#.to_vec();
+    bad.body =
+        br#"[[{"__type__": "uuid", "__value__": "12345678123456781234567812345678"}], {}, {}]"#
+            .to_vec();
     assert!(matches!(decode(&bad), Err(DecodeError::Marker(_))));
 }
 
@@ -599,7 +793,12 @@ fn section11_unknown_marker_type_is_a_decode_error() {
 
 #[test]
 fn section11_json_bytes_are_python_json_dumps() {
-    let mut msg = TaskMessage::new("t", "i", vec![json!("é😀"), json!({"a": [1.0, null]})], Map::new());
+    let mut msg = TaskMessage::new(
+        "t",
+        "i",
+        vec![json!("é😀"), json!({"a": [1.0, null]})],
+        Map::new(),
+    );
     msg.kwargs.insert("k".into(), json!(true));
     let out = encode(&msg).unwrap();
     assert_eq!(
@@ -627,7 +826,9 @@ fn unsupported_content_type_is_refused_by_name() {
     let (_, mut raw) = redis("v2_basic");
     raw.content_type = "application/x-python-serialize".into();
     let err = decode(&raw).unwrap_err();
-    assert!(matches!(&err, DecodeError::UnsupportedContentType(ct) if ct == "application/x-python-serialize"));
+    assert!(
+        matches!(&err, DecodeError::UnsupportedContentType(ct) if ct == "application/x-python-serialize")
+    );
     assert!(err.to_string().contains("x-python-serialize"));
 }
 
@@ -660,13 +861,20 @@ fn msgpack_and_json_give_the_same_task() {
     let mut msg = TaskMessage::new(
         "t",
         "i",
-        vec![json!(1), json!("s"), json!({"__type__": "base64", "__value__": "/wAB"})],
+        vec![
+            json!(1),
+            json!("s"),
+            json!({"__type__": "base64", "__value__": "/wAB"}),
+        ],
         Map::new(),
     );
     let json_raw = encode(&msg).unwrap();
     msg.serializer = Serializer::Msgpack;
     let mp_raw = encode(&msg).unwrap();
-    assert_eq!(decode(&json_raw).unwrap().args, decode(&mp_raw).unwrap().args);
+    assert_eq!(
+        decode(&json_raw).unwrap().args,
+        decode(&mp_raw).unwrap().args
+    );
     let mut back = decode(&mp_raw).unwrap();
     back.serializer = Serializer::Json;
     assert_eq!(encode(&back).unwrap().body, json_raw.body);
@@ -676,8 +884,14 @@ fn msgpack_and_json_give_the_same_task() {
 fn unknown_headers_survive_a_round_trip_in_order() {
     let (_, raw) = redis("v2_full_options");
     let msg = decode(&raw).unwrap();
-    assert_eq!(msg.headers.extra.keys().collect::<Vec<_>>(), ["x-custom", "x-num"]);
+    assert_eq!(
+        msg.headers.extra.keys().collect::<Vec<_>>(),
+        ["x-custom", "x-num"]
+    );
     let again = encode(&msg).unwrap();
-    assert_eq!(again.headers.keys().rev().take(2).collect::<Vec<_>>(), ["x-num", "x-custom"]);
+    assert_eq!(
+        again.headers.keys().rev().take(2).collect::<Vec<_>>(),
+        ["x-num", "x-custom"]
+    );
     let _ = TaskHeaders::new("a", "b");
 }

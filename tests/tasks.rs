@@ -33,7 +33,10 @@ struct Point {
 #[task(name = "t.norm")]
 async fn norm(p: Point, scale: Option<f64>) -> Point {
     let s = scale.unwrap_or(1.0);
-    Point { x: p.x * s, y: p.y * s }
+    Point {
+        x: p.x * s,
+        y: p.y * s,
+    }
 }
 
 #[task(name = "t.whoami")]
@@ -66,7 +69,11 @@ impl ExcType for NotFound {
 
 #[task(name = "t.lookup")]
 fn lookup(key: String) -> Result<i64, NotFound> {
-    if key == "one" { Ok(1) } else { Err(NotFound(key)) }
+    if key == "one" {
+        Ok(1)
+    } else {
+        Err(NotFound(key))
+    }
 }
 
 #[task(name = "t.parse")]
@@ -76,7 +83,11 @@ async fn parse(text: String) -> Result<i64, TaskError> {
 
 #[task(name = "t.boxed")]
 fn boxed(fail: bool) -> Result<u8, Box<dyn std::error::Error + Send + Sync>> {
-    if fail { Err("boxed failure".into()) } else { Ok(7) }
+    if fail {
+        Err("boxed failure".into())
+    } else {
+        Ok(7)
+    }
 }
 
 #[task(name = "t.panic_async")]
@@ -141,7 +152,12 @@ fn registry() -> Registry {
 }
 
 fn request(name: &str) -> Request {
-    Request { id: "task-id-1".into(), name: name.into(), hostname: "celeriac@test".into(), ..Default::default() }
+    Request {
+        id: "task-id-1".into(),
+        name: name.into(),
+        hostname: "celeriac@test".into(),
+        ..Default::default()
+    }
 }
 
 async fn run(name: &str, args: Value, kwargs: Value) -> TaskResult {
@@ -149,7 +165,9 @@ async fn run(name: &str, args: Value, kwargs: Value) -> TaskResult {
 }
 
 async fn run_with(request: Request, args: Value, kwargs: Value) -> TaskResult {
-    let entry = registry().get(&request.name).unwrap_or_else(|| panic!("{} is not registered", request.name));
+    let entry = registry()
+        .get(&request.name)
+        .unwrap_or_else(|| panic!("{} is not registered", request.name));
     let args = match args {
         Value::Array(a) => a,
         other => panic!("args must be a list, got {other}"),
@@ -163,7 +181,10 @@ fn type_error(result: TaskResult) -> String {
     let err = result.expect_err("the call should fail");
     assert_eq!(err.exc_type(), "TypeError", "{err}");
     assert_eq!(err.exc_module(), "builtins");
-    err.exc_message()[0].as_str().expect("a string message").to_owned()
+    err.exc_message()[0]
+        .as_str()
+        .expect("a string message")
+        .to_owned()
 }
 
 // ---- registry -------------------------------------------------------------------------
@@ -201,7 +222,10 @@ fn every_task_is_registered_under_its_name() {
 fn entries_record_runner_kind_and_options() {
     let reg = registry();
     assert!(matches!(reg.get("t.add").unwrap().runner, Runner::Async(_)));
-    assert!(matches!(reg.get("tasks.concat").unwrap().runner, Runner::Blocking(_)));
+    assert!(matches!(
+        reg.get("tasks.concat").unwrap().runner,
+        Runner::Blocking(_)
+    ));
     let flaky = reg.get("t.flaky").unwrap();
     assert_eq!(flaky.options.acks_late, Some(true));
     assert_eq!(flaky.fn_name, "flaky");
@@ -242,7 +266,12 @@ static OTHER: TaskEntry = TaskEntry {
 fn two_tasks_with_one_name_are_a_startup_error() {
     // An explicit name and a default name that collide.
     let err = Registry::from_entries([&FIRST, &OTHER, &SECOND]).unwrap_err();
-    assert_eq!(err, RegistryError::Duplicate { name: "dup.task".into() });
+    assert_eq!(
+        err,
+        RegistryError::Duplicate {
+            name: "dup.task".into()
+        }
+    );
     assert!(err.to_string().contains("`dup.task`"), "{err}");
     let ok = Registry::from_entries([&FIRST, &OTHER]).unwrap();
     assert_eq!(ok.names(), ["dup.task", "x.y.z"]);
@@ -252,22 +281,59 @@ fn two_tasks_with_one_name_are_a_startup_error() {
 
 #[tokio::test]
 async fn binds_by_position_and_by_keyword() {
-    assert_eq!(run("t.add", json!([2, 3]), json!({})).await.unwrap(), json!(5));
-    assert_eq!(run("t.add", json!([]), json!({"y": 3, "x": 2})).await.unwrap(), json!(5));
-    assert_eq!(run("t.add", json!([2]), json!({"y": 40})).await.unwrap(), json!(42));
+    assert_eq!(
+        run("t.add", json!([2, 3]), json!({})).await.unwrap(),
+        json!(5)
+    );
+    assert_eq!(
+        run("t.add", json!([]), json!({"y": 3, "x": 2}))
+            .await
+            .unwrap(),
+        json!(5)
+    );
+    assert_eq!(
+        run("t.add", json!([2]), json!({"y": 40})).await.unwrap(),
+        json!(42)
+    );
 }
 
 #[tokio::test]
 async fn option_parameters_may_be_left_out() {
-    assert_eq!(run("tasks.concat", json!([["a", "b"]]), json!({})).await.unwrap(), json!("ab"));
-    assert_eq!(run("tasks.concat", json!([["a", "b"], "-"]), json!({})).await.unwrap(), json!("a-b"));
-    assert_eq!(run("tasks.concat", json!([["a", "b"]]), json!({"sep": "+"})).await.unwrap(), json!("a+b"));
-    assert_eq!(run("tasks.concat", json!([["a", "b"], null]), json!({})).await.unwrap(), json!("ab"));
+    assert_eq!(
+        run("tasks.concat", json!([["a", "b"]]), json!({}))
+            .await
+            .unwrap(),
+        json!("ab")
+    );
+    assert_eq!(
+        run("tasks.concat", json!([["a", "b"], "-"]), json!({}))
+            .await
+            .unwrap(),
+        json!("a-b")
+    );
+    assert_eq!(
+        run("tasks.concat", json!([["a", "b"]]), json!({"sep": "+"}))
+            .await
+            .unwrap(),
+        json!("a+b")
+    );
+    assert_eq!(
+        run("tasks.concat", json!([["a", "b"], null]), json!({}))
+            .await
+            .unwrap(),
+        json!("ab")
+    );
 }
 
 #[tokio::test]
 async fn struct_parameters_and_results() {
-    let out = run("t.norm", json!([{"x": 1.5, "y": -2.0}]), json!({"scale": 2})).await.unwrap();
+    let out = run(
+        "t.norm",
+        json!([{"x": 1.5, "y": -2.0}]),
+        json!({"scale": 2}),
+    )
+    .await
+    .unwrap();
     assert_eq!(out, json!({"x": 3.0, "y": -4.0}));
 }
 
@@ -275,10 +341,18 @@ async fn struct_parameters_and_results() {
 async fn request_context_and_raw_identifier_keyword() {
     let mut req = request("t.whoami");
     req.retries = 3;
-    let out = run_with(req, json!([]), json!({"type": "kw"})).await.unwrap();
-    assert_eq!(out, json!({"id": "task-id-1", "hostname": "celeriac@test", "retries": 3, "type": "kw"}));
+    let out = run_with(req, json!([]), json!({"type": "kw"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"id": "task-id-1", "hostname": "celeriac@test", "retries": 3, "type": "kw"})
+    );
     // `&Request` is not an argument: one positional fills `type`.
-    assert_eq!(run("t.whoami", json!(["pos"]), json!({})).await.unwrap()["type"], json!("pos"));
+    assert_eq!(
+        run("t.whoami", json!(["pos"]), json!({})).await.unwrap()["type"],
+        json!("pos")
+    );
 }
 
 #[tokio::test]
@@ -316,7 +390,10 @@ async fn wrong_arguments_are_type_errors_with_python_messages() {
         "concat() argument 'parts' could not be read as Vec<String>: invalid type: integer `1`, expected a string"
     );
     let msg = type_error(run("t.norm", json!([{"x": 1}]), json!({})).await);
-    assert_eq!(msg, "norm() argument 'p' could not be read as Point: missing field `y`");
+    assert_eq!(
+        msg,
+        "norm() argument 'p' could not be read as Point: missing field `y`"
+    );
     // Also on the blocking path.
     assert_eq!(
         type_error(run("t.lookup", json!([]), json!({})).await),
@@ -335,24 +412,35 @@ async fn errors_keep_their_python_class() {
     );
     assert!(!err.is_retry());
 
-    let err = run("t.lookup", json!(["two"]), json!({})).await.unwrap_err();
+    let err = run("t.lookup", json!(["two"]), json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_exception_value(),
         json!({"exc_type": "KeyError", "exc_message": ["no such key: two"], "exc_module": "builtins"})
     );
-    assert_eq!(run("t.lookup", json!(["one"]), json!({})).await.unwrap(), json!(1));
+    assert_eq!(
+        run("t.lookup", json!(["one"]), json!({})).await.unwrap(),
+        json!(1)
+    );
 
     // `?` on a std error: RuntimeError with the error's text, the Rust type in the traceback.
     let err = run("t.parse", json!(["x1"]), json!({})).await.unwrap_err();
     assert_eq!(err.exc_type(), "RuntimeError");
     assert_eq!(err.exc_message(), &[json!("invalid digit found in string")]);
     assert!(err.traceback().unwrap().contains("ParseIntError"));
-    assert_eq!(run("t.parse", json!([" 12 "]), json!({})).await.unwrap(), json!(12));
+    assert_eq!(
+        run("t.parse", json!([" 12 "]), json!({})).await.unwrap(),
+        json!(12)
+    );
 
     let err = run("t.boxed", json!([true]), json!({})).await.unwrap_err();
     assert_eq!(err.exc_type(), "RuntimeError");
     assert_eq!(err.exc_message(), &[json!("boxed failure")]);
-    assert_eq!(run("t.boxed", json!([false]), json!({})).await.unwrap(), json!(7));
+    assert_eq!(
+        run("t.boxed", json!([false]), json!({})).await.unwrap(),
+        json!(7)
+    );
 }
 
 #[tokio::test]
@@ -364,23 +452,33 @@ async fn unserializable_results_are_encode_errors() {
 
 #[tokio::test]
 async fn unit_results_are_null() {
-    assert_eq!(run("t.noop", json!([]), json!({})).await.unwrap(), Value::Null);
+    assert_eq!(
+        run("t.noop", json!([]), json!({})).await.unwrap(),
+        Value::Null
+    );
 }
 
 #[tokio::test]
 async fn panics_become_failures() {
-    let err = run("t.panic_async", json!([]), json!({})).await.unwrap_err();
+    let err = run("t.panic_async", json!([]), json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_exception_value(),
         json!({"exc_type": "RustPanic", "exc_message": ["async boom 42"], "exc_module": "celeriac"})
     );
-    let err = run("t.panic_blocking", json!([]), json!({})).await.unwrap_err();
+    let err = run("t.panic_blocking", json!([]), json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_exception_value(),
         json!({"exc_type": "RustPanic", "exc_message": ["blocking boom"], "exc_module": "celeriac"})
     );
     // The runtime is still fine afterwards.
-    assert_eq!(run("t.add", json!([1, 1]), json!({})).await.unwrap(), json!(2));
+    assert_eq!(
+        run("t.add", json!([1, 1]), json!({})).await.unwrap(),
+        json!(2)
+    );
 }
 
 #[tokio::test]
@@ -390,14 +488,22 @@ async fn retry_requests_come_back_as_errors_of_kind_retry() {
     assert_eq!(retry.countdown, Some(Duration::from_millis(100)));
     let mut req = request("t.flaky");
     req.retries = 2;
-    assert_eq!(run_with(req, json!([2]), json!({})).await.unwrap(), json!(2));
+    assert_eq!(
+        run_with(req, json!([2]), json!({})).await.unwrap(),
+        json!(2)
+    );
 }
 
 // ---- where code runs ------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_functions_run_on_the_blocking_pool() {
-    assert_eq!(run("t.on_blocking_pool", json!([]), json!({})).await.unwrap(), json!(42));
+    assert_eq!(
+        run("t.on_blocking_pool", json!([]), json!({}))
+            .await
+            .unwrap(),
+        json!(42)
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -412,7 +518,10 @@ async fn a_blocking_task_does_not_stall_the_runtime() {
     }
     assert_eq!(sleeper.await.unwrap().unwrap(), json!(0.4));
     assert!(started.elapsed() >= Duration::from_millis(400));
-    assert!(ticks >= 10, "the runtime stalled: only {ticks} ticks during a 400 ms blocking task");
+    assert!(
+        ticks >= 10,
+        "the runtime stalled: only {ticks} ticks during a 400 ms blocking task"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +532,10 @@ async fn dropping_the_call_aborts_an_async_task() {
     let limited = tokio::time::timeout(Duration::from_millis(20), task::call(entry, inv)).await;
     assert!(limited.is_err());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!SLOW_FLAG_REACHED.load(Ordering::SeqCst), "the task kept running after the call was dropped");
+    assert!(
+        !SLOW_FLAG_REACHED.load(Ordering::SeqCst),
+        "the task kept running after the call was dropped"
+    );
 }
 
 // ---- the user's functions stay callable ---------------------------------------------------
@@ -431,10 +543,19 @@ async fn dropping_the_call_aborts_an_async_task() {
 #[tokio::test]
 async fn user_functions_are_still_callable_directly() {
     assert_eq!(add(2, 3).await, 5);
-    assert_eq!(concat(vec!["a".into(), "b".into()], Some(",".into())), "a,b");
+    assert_eq!(
+        concat(vec!["a".into(), "b".into()], Some(",".into())),
+        "a,b"
+    );
     assert_eq!(lookup("one".into()).unwrap(), 1);
-    assert_eq!(norm(Point { x: 1.0, y: 1.0 }, None).await, Point { x: 1.0, y: 1.0 });
-    assert_eq!(whoami(&request("x"), "t".into()).await["id"], json!("task-id-1"));
+    assert_eq!(
+        norm(Point { x: 1.0, y: 1.0 }, None).await,
+        Point { x: 1.0, y: 1.0 }
+    );
+    assert_eq!(
+        whoami(&request("x"), "t".into()).await["id"],
+        json!("task-id-1")
+    );
     assert_eq!(inner::ping(), "pong");
     assert!(parse("nope".into()).await.is_err());
 }
