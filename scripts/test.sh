@@ -114,7 +114,44 @@ if ! redis-cli ping >/dev/null 2>&1; then
 fi
 redis-cli ping
 
-stage "rabbitmq (vhost $AMQP_VHOST)"
+stage "rabbitmq (vhost $AMQP_VHOST, TLS on 5671)"
+# amqps:// is tested against this RabbitMQ too: a throw-away CA and a server certificate for
+# localhost, and a TLS listener, configured only when RabbitMQ has no configuration of its own.
+TLS_DIR=/etc/rabbitmq/celeriac-tls
+RABBIT_CONF=/etc/rabbitmq/rabbitmq.conf
+if [ ! -s "$TLS_DIR/server.pem" ]; then
+    echo "making a test CA and a server certificate in $TLS_DIR"
+    as_root mkdir -p "$TLS_DIR"
+    as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=celeriac-test-ca" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+    as_root openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' | as_root tee "$TLS_DIR/san.ext" >/dev/null
+    as_root openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$TLS_DIR/san.ext" -out "$TLS_DIR/server.pem" 2>/dev/null
+    # Test-only key; RabbitMQ may run as its own user.
+    as_root chmod 0644 "$TLS_DIR"/*
+fi
+if [ ! -e "$RABBIT_CONF" ]; then
+    echo "writing $RABBIT_CONF (plain listener on 5672, TLS listener on 5671)"
+    as_root tee "$RABBIT_CONF" >/dev/null <<CONF
+# Written by celeriac's scripts/test.sh for its tests.
+listeners.tcp.default = 5672
+listeners.ssl.default = 5671
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+fi
+if rabbitmqctl -q status >/dev/null 2>&1 && ! rabbitmq-diagnostics -q listeners 2>/dev/null | grep -q 'port: 5671'; then
+    if grep -q "celeriac's scripts/test.sh" "$RABBIT_CONF" 2>/dev/null; then
+        echo "rabbitmq runs without the TLS listener; restarting it to read $RABBIT_CONF"
+        rabbitmqctl -q stop
+        sleep 2
+    fi
+fi
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
     echo "rabbitmq is not running; starting rabbitmq-server"
     as_root rabbitmq-server -detached
@@ -125,12 +162,21 @@ for _ in $(seq 1 60); do
     sleep 1
 done
 rabbitmqctl -q await_startup --timeout 120
-# The tests' own vhost, so they never touch a real application's queues.
-if ! rabbitmqctl -q list_vhosts | grep -qx "$AMQP_VHOST"; then
-    rabbitmqctl -q add_vhost "$AMQP_VHOST"
+# The tests' own vhost, made afresh each run, so they never touch a real application's
+# queues and never see a previous run's.
+if rabbitmqctl -q list_vhosts | grep -qx "$AMQP_VHOST"; then
+    rabbitmqctl -q delete_vhost "$AMQP_VHOST"
 fi
+rabbitmqctl -q add_vhost "$AMQP_VHOST"
 rabbitmqctl -q set_permissions -p "$AMQP_VHOST" guest '.*' '.*' '.*'
-rabbitmqctl -q list_vhosts
+rabbitmq-diagnostics -q listeners
+if rabbitmq-diagnostics -q listeners | grep -q 'port: 5671'; then
+    export CELERIAC_TEST_AMQPS_URL="${CELERIAC_TEST_AMQPS_URL:-amqps://guest:guest@localhost:5671/$AMQP_VHOST}"
+    export CELERIAC_TEST_AMQP_CA="${CELERIAC_TEST_AMQP_CA:-$TLS_DIR/ca.pem}"
+else
+    echo "RabbitMQ has no TLS listener on 5671 (it has a configuration of its own in $RABBIT_CONF);" >&2
+    echo "the amqps:// tests need one: set CELERIAC_TEST_AMQPS_URL and CELERIAC_TEST_AMQP_CA" >&2
+fi
 
 stage "cargo build --release -p interop-tests --bin interop-worker"
 cargo build --release -p interop-tests --bin interop-worker

@@ -442,3 +442,70 @@ async fn rpc_results_reach_the_reply_queue_as_celery_sends_them() {
     assert_nothing(&mut c, Duration::from_millis(300)).await;
     c.close().await.unwrap();
 }
+
+fn amqps_url() -> String {
+    std::env::var("CELERIAC_TEST_AMQPS_URL")
+        .unwrap_or_else(|_| "amqps://guest:guest@localhost:5671/celeriac-test".into())
+}
+
+/// The throw-away CA `scripts/test.sh` makes for RabbitMQ's TLS listener.
+fn test_ca() -> std::path::PathBuf {
+    std::env::var_os("CELERIAC_TEST_AMQP_CA")
+        .map_or_else(|| "/etc/rabbitmq/celeriac-tls/ca.pem".into(), Into::into)
+}
+
+#[tokio::test]
+async fn amqps_with_the_test_ca_carries_messages() {
+    let ca = test_ca();
+    assert!(
+        ca.exists(),
+        "{ca:?} is missing: scripts/test.sh makes it and RabbitMQ's TLS listener"
+    );
+    let b = AnyBroker::connect(
+        &amqps_url(),
+        BrokerOptions {
+            tls_ca_file: Some(ca),
+            ..BrokerOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "amqps:// to {} failed (scripts/test.sh sets up the TLS listener): {e}",
+            amqps_url()
+        )
+    });
+    assert!(
+        b.describe().starts_with("amqps://guest:**@localhost:5671/"),
+        "{}",
+        b.describe()
+    );
+    let q = unique("t-tls");
+    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    b.publish(&sample("over-tls", None), "", &q).await.unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(id_of(&d), "over-tls");
+    d.ack().await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn amqps_refuses_a_server_it_cannot_verify() {
+    // Without the test CA the server's certificate is not trusted: connecting must fail.
+    let err = AnyBroker::connect(&amqps_url(), BrokerOptions::default())
+        .await
+        .err()
+        .expect("an untrusted certificate must be refused");
+    assert!(matches!(err, BrokerError::AmqpConnect { .. }), "{err}");
+    let err = AnyBroker::connect(
+        &amqps_url(),
+        BrokerOptions {
+            tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..BrokerOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("a missing CA file is an error");
+    assert!(matches!(err, BrokerError::TlsCaFile { .. }), "{err}");
+}
