@@ -98,6 +98,7 @@ public final class CeleryMessage {
         private Boolean ignoreResult = Boolean.FALSE;
         private String rootId;
         private String parentId;
+        private String argsRepr;
 
         private Builder(String task) {
             this.task = Objects.requireNonNull(task, "task");
@@ -159,6 +160,15 @@ public final class CeleryMessage {
             return this;
         }
 
+        /**
+         * Overrides the {@code argsrepr} header. By default it is the repr of the args as a tuple,
+         * as from {@code apply_async}; {@code send_task(name, [2, 3])} shows a list: {@code "[2, 3]"}.
+         */
+        public Builder argsRepr(String argsRepr) {
+            this.argsRepr = argsRepr;
+            return this;
+        }
+
         public CeleryMessage build() {
             String taskId = id != null ? id : UUID.randomUUID().toString();
             String reply = replyTo != null ? replyTo : UUID.randomUUID().toString();
@@ -177,7 +187,7 @@ public final class CeleryMessage {
             h.put("timelimit", Arrays.asList(null, null));
             h.put("root_id", rootId != null ? rootId : taskId);
             h.put("parent_id", parentId);
-            h.put("argsrepr", truncate(PyFormat.reprTuple(args)));
+            h.put("argsrepr", argsRepr != null ? argsRepr : truncate(PyFormat.reprTuple(args)));
             h.put("kwargsrepr", truncate(PyFormat.repr(kwargs)));
             h.put("origin", origin != null ? origin : defaultOrigin());
             h.put("ignore_result", ignoreResult);
