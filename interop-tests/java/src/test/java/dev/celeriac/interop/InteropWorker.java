@@ -94,6 +94,7 @@ public final class InteropWorker implements AutoCloseable {
             cmd.addAll(List.of(bin.toString(), "--broker", broker, "--result-backend", resultBackend,
                     "-Q", queue, "-c", "4", "-n", hostname));
             env.putIfAbsent("RUST_LOG", "info");
+            env.putIfAbsent("NO_COLOR", "1");
             pb.directory(repo.toFile());
         } else {
             Path python = Paths.get(setting("CELERIAC_PYTHON", repo.resolve(".venv/bin/python").toString()));

@@ -154,7 +154,8 @@ class RedisBackendTest {
         TaskResult r = call(message("interop.fail").args("boom"));
         assertFailure(r, "ValueError", "builtins");
         assertEquals(NODES.arrayNode().add("boom"), r.excMessage(), r::toString);
-        assertTrue(r.traceback() != null && r.traceback().isTextual(), r::toString);
+        // Celery sends the Python traceback text; a Rust worker has none to send: text or null.
+        assertTrue(r.traceback() == null || r.traceback().isNull() || r.traceback().isTextual(), r::toString);
     }
 
     @Test
