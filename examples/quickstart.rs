@@ -7,8 +7,8 @@
 
 use celeriac::backend::AnyBackend;
 use celeriac::protocol::{self, TaskMessage};
-use celeriac::task::TaskError;
 use celeriac::task;
+use celeriac::task::TaskError;
 use celeriac::worker::{Worker, WorkerConfig};
 use serde_json::{Map, json};
 use std::time::Duration;
@@ -26,7 +26,11 @@ fn greet(name: String, shout: Option<bool>) -> Result<String, TaskError> {
         return Err(TaskError::value_error("name must not be empty"));
     }
     let text = format!("hello, {name}");
-    Ok(if shout == Some(true) { text.to_uppercase() } else { text })
+    Ok(if shout == Some(true) {
+        text.to_uppercase()
+    } else {
+        text
+    })
 }
 
 #[tokio::main]
@@ -40,7 +44,9 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::connect(config).await?;
     println!("{}", worker.banner());
     let broker = worker.broker().clone();
-    let AnyBackend::Memory(results) = worker.backend().clone() else { unreachable!("memory:// backend") };
+    let AnyBackend::Memory(results) = worker.backend().clone() else {
+        unreachable!("memory:// backend")
+    };
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {
@@ -60,12 +66,19 @@ async fn main() -> anyhow::Result<()> {
         let args = args.as_array().cloned().unwrap_or_default();
         let kwargs: Map<_, _> = kwargs.as_object().cloned().unwrap_or_default();
         let msg = TaskMessage::new(*name, &id, args, kwargs);
-        broker.publish(&protocol::encode(&msg)?, "", "celery").await?;
+        broker
+            .publish(&protocol::encode(&msg)?, "", "celery")
+            .await?;
         let meta = results
             .wait(&id, Duration::from_secs(10))
             .await
             .ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
-        println!("{name}{} -> {} {}", msg_args(&msg), meta.status.as_str(), meta.result);
+        println!(
+            "{name}{} -> {} {}",
+            msg_args(&msg),
+            meta.status.as_str(),
+            meta.result
+        );
     }
 
     let _ = stop.send(());
@@ -74,5 +87,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn msg_args(msg: &TaskMessage) -> String {
-    format!("({}, {})", serde_json::Value::from(msg.args.clone()), serde_json::Value::from(msg.kwargs.clone()))
+    format!(
+        "({}, {})",
+        serde_json::Value::from(msg.args.clone()),
+        serde_json::Value::from(msg.kwargs.clone())
+    )
 }

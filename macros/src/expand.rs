@@ -27,11 +27,15 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
             Param::Value { name, ty, optional } => {
                 let index = param_table.len();
                 let ty_text = type_text(ty);
-                param_table.push(quote!(#rt::Param { name: #name, ty: #ty_text, optional: #optional }));
+                param_table
+                    .push(quote!(#rt::Param { name: #name, ty: #ty_text, optional: #optional }));
                 let var = format_ident!("__celeriac_arg{}", index);
                 // The method name carries the type's span too: rustc reports an unmet bound
                 // of a method call at the method name.
-                let method = syn::Ident::new(if *optional { "take_optional" } else { "take" }, type_span(ty));
+                let method = syn::Ident::new(
+                    if *optional { "take_optional" } else { "take" },
+                    type_span(ty),
+                );
                 // Spanned at the type: a type serde cannot deserialize is reported there.
                 let mut index_lit = proc_macro2::Literal::usize_unsuffixed(index);
                 index_lit.set_span(type_span(ty));
@@ -55,10 +59,16 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
         Param::Request { .. } => None,
     });
 
-    let await_ = if task.is_async { quote!(.await) } else { quote!() };
+    let await_ = if task.is_async {
+        quote!(.await)
+    } else {
+        quote!()
+    };
     let output = match &task.output {
         Output::Unit => quote!(#rt::to_result_value(&__ret)),
-        Output::Value(ty) => quote_spanned!(type_span(ty)=> ::celeriac::__private::to_result_value::<#ty>(&__ret)),
+        Output::Value(ty) => {
+            quote_spanned!(type_span(ty)=> ::celeriac::__private::to_result_value::<#ty>(&__ret))
+        }
         Output::Result { ty, ok, err } => {
             // Each half is converted on its own, spanned at `T` and at `E` (or at the whole
             // type for aliases that do not write them), so each unmet bound is reported
@@ -66,7 +76,8 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
             // `quote_spanned!` so that every token of the call carries the span.
             let ok_span = type_span(ok.as_deref().unwrap_or(ty));
             let err_span = type_span(err.as_deref().unwrap_or(ty));
-            let to_value = quote_spanned!(ok_span=> ::celeriac::__private::to_result_value(&__value));
+            let to_value =
+                quote_spanned!(ok_span=> ::celeriac::__private::to_result_value(&__value));
             let to_error = quote_spanned!(err_span=> ::celeriac::__private::IntoTaskError::into_task_error(__error));
             quote! {
                 match __ret {
@@ -102,7 +113,11 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
             }
         }
     };
-    let variant = if task.is_async { quote!(Async) } else { quote!(Blocking) };
+    let variant = if task.is_async {
+        quote!(Async)
+    } else {
+        quote!(Blocking)
+    };
 
     let name = match &task.args.name {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
@@ -163,7 +178,11 @@ pub fn fallback(item: TokenStream, error: syn::Error) -> TokenStream {
 /// `macro_rules!` macro (whose tokens carry their own hygiene).
 fn type_span(ty: &syn::Type) -> Span {
     let location = match ty {
-        syn::Type::Path(p) => p.path.segments.last().map_or_else(|| ty.span(), |s| s.ident.span()),
+        syn::Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .map_or_else(|| ty.span(), |s| s.ident.span()),
         syn::Type::Reference(r) => return type_span(&r.elem),
         other => other.span(),
     };

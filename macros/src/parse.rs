@@ -36,7 +36,10 @@ pub fn task_args(attr: TokenStream) -> syn::Result<TaskArgs> {
             args.acks_late = Some(meta.value()?.parse()?);
             Ok(())
         } else {
-            let key = meta.path.get_ident().map_or_else(|| "this".to_owned(), |i| format!("`{i}`"));
+            let key = meta
+                .path
+                .get_ident()
+                .map_or_else(|| "this".to_owned(), |i| format!("`{i}`"));
             Err(meta.error(format!("unsupported #[task] argument {key}; {SUPPORTED}")))
         }
     });
@@ -46,6 +49,10 @@ pub fn task_args(attr: TokenStream) -> syn::Result<TaskArgs> {
 
 /// Parses the item: `#[task]` only goes on functions.
 pub fn task_fn(item: TokenStream) -> syn::Result<ItemFn> {
-    syn::parse2(item)
-        .map_err(|e| syn::Error::new(e.span(), "#[task] can only be put on a function (`fn` or `async fn`)"))
+    syn::parse2(item).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "#[task] can only be put on a function (`fn` or `async fn`)",
+        )
+    })
 }

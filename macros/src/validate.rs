@@ -69,7 +69,10 @@ pub fn task_fn(func: &ItemFn, args: TaskArgs) -> syn::Result<TaskFn> {
         ));
     }
     if let Some(clause) = &sig.generics.where_clause {
-        errors.push(syn::Error::new_spanned(clause, "a #[task] function cannot have a `where` clause"));
+        errors.push(syn::Error::new_spanned(
+            clause,
+            "a #[task] function cannot have a `where` clause",
+        ));
     }
     if let Some(unsafety) = &sig.unsafety {
         errors.push(syn::Error::new_spanned(
@@ -78,10 +81,16 @@ pub fn task_fn(func: &ItemFn, args: TaskArgs) -> syn::Result<TaskFn> {
         ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(abi, "a #[task] function cannot have an explicit ABI"));
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a #[task] function cannot have an explicit ABI",
+        ));
     }
     if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(variadic, "a #[task] function cannot be variadic"));
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "a #[task] function cannot be variadic",
+        ));
     }
 
     let mut params = Vec::new();
@@ -114,13 +123,21 @@ pub fn task_fn(func: &ItemFn, args: TaskArgs) -> syn::Result<TaskFn> {
         first.extend(errors);
         return Err(first);
     }
-    Ok(TaskFn { ident: sig.ident.clone(), is_async: sig.asyncness.is_some(), params, output, args })
+    Ok(TaskFn {
+        ident: sig.ident.clone(),
+        is_async: sig.asyncness.is_some(),
+        params,
+        output,
+        args,
+    })
 }
 
 fn param(pat: &Pat, ty: &Type) -> syn::Result<Param> {
     if let Type::Reference(reference) = ty {
         if reference.mutability.is_none() && last_segment_is(&reference.elem, "Request") {
-            return Ok(Param::Request { ty: Box::new(ty.clone()) });
+            return Ok(Param::Request {
+                ty: Box::new(ty.clone()),
+            });
         }
         return Err(syn::Error::new_spanned(
             ty,
@@ -142,16 +159,27 @@ fn param(pat: &Pat, ty: &Type) -> syn::Result<Param> {
             ));
         }
     };
-    Ok(Param::Value { name, optional: option_inner(ty).is_some(), ty: Box::new(ty.clone()) })
+    Ok(Param::Value {
+        name,
+        optional: option_inner(ty).is_some(),
+        ty: Box::new(ty.clone()),
+    })
 }
 
 fn output(ty: &Type) -> syn::Result<Output> {
     if let Type::ImplTrait(_) = ty {
-        return Err(syn::Error::new_spanned(ty, "a #[task] function must return a concrete type, not `impl Trait`"));
+        return Err(syn::Error::new_spanned(
+            ty,
+            "a #[task] function must return a concrete type, not `impl Trait`",
+        ));
     }
     if let Some(args) = last_segment_args(ty, "Result") {
         let mut types = args.into_iter().map(Box::new);
-        return Ok(Output::Result { ty: Box::new(ty.clone()), ok: types.next(), err: types.next() });
+        return Ok(Output::Result {
+            ty: Box::new(ty.clone()),
+            ok: types.next(),
+            err: types.next(),
+        });
     }
     Ok(Output::Value(Box::new(ty.clone())))
 }

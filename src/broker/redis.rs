@@ -994,12 +994,11 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_a_captured_message_byte_for_byte() {
-        let vector =
-            std::fs::read(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/vectors/redis/broker/v2_countdown_expires_priority.json"
-            ))
-            .unwrap();
+        let vector = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/vectors/redis/broker/v2_countdown_expires_priority.json"
+        ))
+        .unwrap();
         let raw = decode_envelope(&vector).unwrap();
         assert_eq!(raw.delivery_info.priority, Some(5));
         assert_eq!(raw.delivery_info.routing_key, "celery");
