@@ -4,7 +4,8 @@
 # On a fresh Debian machine (root, CI=true, no stdin) it installs what is missing, then
 #   1. builds the Rust interop worker (release),
 #   2. runs `cargo test --workspace`,
-#   3. runs the pytest interop suite against that worker.
+#   3. runs the pytest interop suite against that worker (Redis, RabbitMQ + Redis, RabbitMQ + rpc://),
+#   4. runs the Java interop tests (Maven) against that worker.
 # Every stage is announced; a failing stage stops the run with a non-zero exit code.
 # Nothing is skipped: a missing tool or service is installed or reported as a failure.
 set -Eeuo pipefail
@@ -71,13 +72,16 @@ have redis-server || missing+=(redis-server)
 have redis-cli || missing+=(redis-tools)
 have rabbitmq-server || missing+=(rabbitmq-server)
 have python3 || missing+=(python3)
+have openssl || missing+=(openssl)
+have javac || missing+=(default-jdk-headless)
+have mvn || missing+=(maven)
 # `python3 -m venv` needs ensurepip, which Debian ships apart (python3-venv).
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt_install "${missing[@]}"
 else
-    echo "redis-server, rabbitmq-server and python3 (venv) are installed"
+    echo "redis-server, rabbitmq-server, python3 (venv), openssl, a JDK and maven are installed"
 fi
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
@@ -187,6 +191,10 @@ cargo test --workspace
 stage "pytest interop suite against the Rust worker"
 INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
     "$VENV/bin/pytest" interop-tests/python -q
+
+stage "java interop tests (interop-tests/java: mvn -q test, artifacts from Maven Central)"
+(cd interop-tests/java && INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
+    CELERIAC_PYTHON="$VENV/bin/python" mvn -q -B test)
 
 STAGE="done"
 printf '\n==> all stages passed\n'
