@@ -252,6 +252,9 @@ async fn dead_letters_are_kept_with_their_reason_and_the_original_is_settled() {
     let id = unique("bad");
     let mut bad = sample(&id, None);
     bad.body = b"\x00\xff not json".to_vec();
+    // A transient message with a TTL: the kept copy must outlive both.
+    bad.properties.insert("delivery_mode".into(), json!(1));
+    bad.properties.insert("expiration".into(), json!("60000"));
     b.publish(&bad, "", &q).await.unwrap();
     let d = recv(&mut c).await;
     d.dead_letter("cannot decode: test").await.unwrap();
@@ -285,6 +288,9 @@ async fn dead_letters_are_kept_with_their_reason_and_the_original_is_settled() {
         "the original headers are kept"
     );
     assert_eq!(kept.message.properties["correlation_id"], json!(id));
+    assert_eq!(kept.message.properties["delivery_mode"], json!(2));
+    assert!(kept.message.properties.get("expiration").is_none());
+    assert_eq!(h["x-original-expiration"], json!("60000"));
     kept.ack().await.unwrap();
     dl.close().await.unwrap();
 }

@@ -533,7 +533,8 @@ impl AmqpAcker {
             .map_err(amqp_err("basic.reject"))
     }
 
-    /// Republish the message unchanged to [`DEAD_LETTER_KEY`] with why and where from in
+    /// Republish the message to [`DEAD_LETTER_KEY`] (body and properties unchanged, except
+    /// that the copy is persistent and loses any per-message TTL) with why and where from in
     /// its headers; ack the original only once the copy is confirmed.
     pub(crate) async fn dead_letter(
         &self,
@@ -549,6 +550,11 @@ impl AmqpAcker {
             ("x-original-routing-key", di.routing_key.as_str()),
         ] {
             kept.headers.insert(k.into(), v.into());
+        }
+        // Kept means kept: persistent, and no per-message TTL that would expire the copy.
+        kept.properties.insert("delivery_mode".into(), 2.into());
+        if let Some(ttl) = kept.properties.remove("expiration") {
+            kept.headers.insert("x-original-expiration".into(), ttl);
         }
         self.broker.publish(&kept, "", DEAD_LETTER_KEY).await?;
         self.ack().await
