@@ -2,6 +2,8 @@
 //! test vhost `celeriac-test` that `scripts/test.sh` creates on 127.0.0.1:5672). Every test
 //! uses queues of its own, so tests run in parallel. Fails loudly when RabbitMQ is down.
 
+mod conformance;
+
 use celeriac::backend::{AnyBackend, BackendOptions, ReplyTo};
 use celeriac::broker::url::BrokerUrl;
 use celeriac::broker::{
@@ -41,34 +43,15 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The conformance suite's Celery-like message, with headers of every JSON type that a
+/// field table must carry (null, float, nested list and table).
 fn sample(id: &str, priority: Option<u8>) -> RawMessage {
-    let mut headers = Map::new();
-    headers.insert("lang".into(), json!("py"));
-    headers.insert("task".into(), json!("tasks.add"));
-    headers.insert("id".into(), json!(id));
-    headers.insert("retries".into(), json!(0));
-    headers.insert("eta".into(), Value::Null);
-    headers.insert("timelimit".into(), json!([null, 2.5]));
-    headers.insert("stamps".into(), json!({}));
-    let mut properties = Map::new();
-    properties.insert("correlation_id".into(), json!(id));
-    properties.insert(
-        "reply_to".into(),
-        json!("66381240-4081-3615-a8ad-96f052e1eb1a"),
-    );
-    properties.insert("delivery_mode".into(), json!(2));
-    if let Some(p) = priority {
-        properties.insert("priority".into(), json!(p));
-    }
-    RawMessage {
-        body: format!(r#"[["{id}"], {{}}, {{"callbacks": null, "errbacks": null, "chain": null, "chord": null}}]"#)
-            .into_bytes(),
-        content_type: "application/json".into(),
-        content_encoding: "utf-8".into(),
-        headers,
-        properties,
-        ..Default::default()
-    }
+    let mut msg = conformance::sample(id, priority);
+    msg.headers.insert("eta".into(), Value::Null);
+    msg.headers.insert("timelimit".into(), json!([null, 2.5]));
+    msg.headers
+        .insert("stamps".into(), json!({"k": [1, "two"]}));
+    msg
 }
 
 fn id_of(d: &Delivery) -> String {
