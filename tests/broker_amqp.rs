@@ -95,7 +95,7 @@ async fn wait_queue_len(b: &AnyBroker, queue: &str, want: u32) {
 async fn publish_consume_ack_keeps_the_message_intact() {
     let b = broker().await;
     let q = unique("t-basic");
-    let mut c = b.consume(&[q.clone()], 4).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 4).await.unwrap();
     let msg = sample("id-1", Some(3));
     // The worker declared the Celery topology: exchange q (direct) bound with key q.
     b.publish(&msg, &q, &q).await.unwrap();
@@ -127,7 +127,7 @@ async fn publish_consume_ack_keeps_the_message_intact() {
 async fn the_default_exchange_routes_by_queue_name_and_unroutable_is_an_error() {
     let b = broker().await;
     let q = unique("t-route");
-    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     b.publish(&sample("direct", None), "", &q).await.unwrap();
     let d = recv(&mut c).await;
     assert_eq!(id_of(&d), "direct");
@@ -159,7 +159,7 @@ async fn the_default_exchange_routes_by_queue_name_and_unroutable_is_an_error() 
 async fn prefetch_is_enforced_by_basic_qos() {
     let b = broker().await;
     let q = unique("t-qos");
-    let mut c = b.consume(&[q.clone()], 2).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 2).await.unwrap();
     for i in 0..5 {
         b.publish(&sample(&format!("m{i}"), None), "", &q)
             .await
@@ -185,7 +185,7 @@ async fn prefetch_is_enforced_by_basic_qos() {
 async fn requeue_and_restore_redeliver_with_the_flag_set() {
     let b = broker().await;
     let q = unique("t-requeue");
-    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     b.publish(&sample("a", None), "", &q).await.unwrap();
     let a = recv(&mut c).await;
     assert!(!a.message.delivery_info.redelivered);
@@ -206,7 +206,7 @@ async fn requeue_and_restore_redeliver_with_the_flag_set() {
 async fn close_hands_back_what_was_not_given_out() {
     let b = broker().await;
     let q = unique("t-close");
-    let mut c = b.consume(&[q.clone()], 3).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 3).await.unwrap();
     for i in 0..3 {
         b.publish(&sample(&format!("m{i}"), None), "", &q)
             .await
@@ -220,7 +220,7 @@ async fn close_hands_back_what_was_not_given_out() {
     wait_queue_len(&b, &q, 2).await;
     // The delivery given out stays valid after close.
     d.ack().await.unwrap();
-    let mut c = b.consume(&[q.clone()], 3).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 3).await.unwrap();
     let mut ids = vec![id_of(&recv(&mut c).await), id_of(&recv(&mut c).await)];
     ids.sort();
     assert_eq!(ids, ["m1", "m2"]);
@@ -231,7 +231,7 @@ async fn close_hands_back_what_was_not_given_out() {
 async fn dead_letters_are_kept_with_their_reason_and_the_original_is_settled() {
     let b = broker().await;
     let q = unique("t-dead");
-    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     let id = unique("bad");
     let mut bad = sample(&id, None);
     bad.body = b"\x00\xff not json".to_vec();
@@ -287,7 +287,7 @@ async fn max_priority_queues_serve_higher_priorities_first() {
     .await;
     let q = unique("t-prio");
     // Declare with x-max-priority, then stop consuming while messages are published.
-    b.consume(&[q.clone()], 1)
+    b.consume(std::slice::from_ref(&q), 1)
         .await
         .unwrap()
         .close()
@@ -296,7 +296,7 @@ async fn max_priority_queues_serve_higher_priorities_first() {
     for (id, p) in [("p1", 1), ("p9", 9), ("p5", 5), ("p0", 0)] {
         b.publish(&sample(id, Some(p)), "", &q).await.unwrap();
     }
-    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     let mut order = Vec::new();
     for _ in 0..4 {
         let d = recv(&mut c).await;
@@ -310,7 +310,7 @@ async fn max_priority_queues_serve_higher_priorities_first() {
     // The same queue declared without the argument is refused, with a clear error.
     let plain = broker().await;
     let err = plain
-        .consume(&[q.clone()], 1)
+        .consume(std::slice::from_ref(&q), 1)
         .await
         .err()
         .expect("mismatched declare must fail");
@@ -330,7 +330,7 @@ async fn quorum_queues_are_declared_when_asked() {
     })
     .await;
     let q = unique("t-quorum");
-    let mut c = b.consume(&[q.clone()], 2).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 2).await.unwrap();
     b.publish(&sample("qq", None), "", &q).await.unwrap();
     let d = recv(&mut c).await;
     assert_eq!(id_of(&d), "qq");
@@ -339,7 +339,7 @@ async fn quorum_queues_are_declared_when_asked() {
     // It really is a quorum queue: declaring it as a classic one is refused.
     let err = broker()
         .await
-        .consume(&[q.clone()], 1)
+        .consume(std::slice::from_ref(&q), 1)
         .await
         .err()
         .expect("classic redeclare must fail");
@@ -369,7 +369,7 @@ async fn rpc_results_reach_the_reply_queue_as_celery_sends_them() {
     let b = broker().await;
     let reply_queue = unique("t-reply");
     // The caller's reply queue (Celery's client declares it; the worker never does).
-    b.consume(&[reply_queue.clone()], 1)
+    b.consume(std::slice::from_ref(&reply_queue), 1)
         .await
         .unwrap()
         .close()
@@ -397,7 +397,10 @@ async fn rpc_results_reach_the_reply_queue_as_celery_sends_them() {
             .is_err()
     );
 
-    let mut c = b.consume(&[reply_queue.clone()], 1).await.unwrap();
+    let mut c = b
+        .consume(std::slice::from_ref(&reply_queue), 1)
+        .await
+        .unwrap();
     let d = recv(&mut c).await;
     assert_eq!(d.message.content_type, "application/json");
     assert_eq!(d.message.content_encoding, "utf-8");
@@ -470,7 +473,7 @@ async fn amqps_with_the_test_ca_carries_messages() {
         b.describe()
     );
     let q = unique("t-tls");
-    let mut c = b.consume(&[q.clone()], 1).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     b.publish(&sample("over-tls", None), "", &q).await.unwrap();
     let d = recv(&mut c).await;
     assert_eq!(id_of(&d), "over-tls");

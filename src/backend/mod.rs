@@ -119,9 +119,9 @@ pub enum BackendError {
         task_id: String,
         /// The caller's reply queue.
         queue: String,
-        /// The broker's error.
+        /// The broker's error (boxed: it is large and rare).
         #[source]
-        source: BrokerError,
+        source: Box<BrokerError>,
     },
     /// The RPC backend was asked to store a result without a reply queue to send it to.
     #[error(

@@ -100,7 +100,7 @@ impl RpcBackend {
             .map_err(|source| BackendError::Reply {
                 task_id: meta.task_id.clone(),
                 queue: to.queue.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
