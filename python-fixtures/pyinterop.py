@@ -71,6 +71,14 @@ def _nothing():
 
 app.steps["worker"].add(WakeUp)
 
+# AMQP heartbeats every 10 s (Celery's default is 120 s; Redis ignores this). After
+# RabbitMQ restarts under it, Celery 5.7's worker with the thread pool can stall in a
+# blocking read on its new connection until the broker drops that connection for missed
+# heartbeats, then reconnects and carries on: 120 s heartbeats made that a 5-minute stall,
+# 10 s ones make it about half a minute. The Rust worker has no such stall to mask; the
+# broker-restart test holds either worker to the same outcome.
+app.conf.broker_heartbeat = 10
+
 if os.environ.get("PYINTEROP_VISIBILITY_TIMEOUT"):
     app.conf.broker_transport_options = {
         "visibility_timeout": float(os.environ["PYINTEROP_VISIBILITY_TIMEOUT"]),
