@@ -172,11 +172,11 @@ def redact(url: str) -> str:
 
 
 def rabbitmqctl(*args: str, timeout: float = 120.0, check: bool = True,
-                attempts: int = 3) -> subprocess.CompletedProcess:
+                attempts: int = 6) -> subprocess.CompletedProcess:
     """Run ``rabbitmqctl``; failing to (RabbitMQ down, no rights) fails the test.
 
-    A failed command is tried again (``attempts`` in all, 2 s apart): a node busy with
-    other clients now and then refuses a CLI call it accepts a moment later.
+    A failed command is tried again (``attempts`` in all, 3 s apart): the shared node may
+    be busy, or briefly restarting for someone else, and accept the call a moment later.
     """
     cmd = [*RABBITMQCTL, *args]
     for attempt in range(1, attempts + 1):
@@ -188,7 +188,7 @@ def rabbitmqctl(*args: str, timeout: float = 120.0, check: bool = True,
         if done.returncode == 0 or not check:
             return done
         if attempt < attempts:
-            time.sleep(2.0)
+            time.sleep(3.0)
     pytest.fail(f"RabbitMQ is required: {' '.join(cmd)} exited {done.returncode} "
                 f"({attempts} attempts)\n--- stderr ---\n{done.stderr}\n--- stdout ---\n{done.stdout}",
                 pytrace=False)
@@ -239,13 +239,16 @@ class AmqpBroker:
         _name, ready, _consumers = self.channel().queue_declare(queue, passive=True)
         return ready
 
-    def publish(self, body: bytes, exchange: str, routing_key: str, **properties) -> None:
-        """Publish one message and wait for the broker's confirm."""
-        self.channel().basic_publish(amqp.Message(body, **properties), exchange=exchange,
-                                     routing_key=routing_key)
+    def publish(self, body: bytes, exchange: str, routing_key: str, headers: dict | None = None,
+                **properties) -> None:
+        """Publish one message and wait for the broker's confirm (``properties`` by their
+        AMQP names: content_type, delivery_mode, correlation_id, ...)."""
+        message = amqp.Message(body, application_headers=headers or {}, **properties)
+        self.channel().basic_publish(message, exchange=exchange, routing_key=routing_key)
 
     def get(self, queue: str):
-        """Take one message off ``queue`` (acknowledged at once), or None."""
+        """Take one message off ``queue`` (acknowledged at once), or None; its headers are
+        ``message.headers``, its other properties ``message.properties``."""
         return self.channel().basic_get(queue, no_ack=True)
 
     def queue_info(self, queue: str) -> dict | None:

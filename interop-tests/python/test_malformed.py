@@ -106,7 +106,7 @@ def test_amqp_malformed_message_is_dead_lettered_and_the_worker_goes_on(client, 
     assert letter.delivery_info["routing_key"] == DEAD_LETTER
     for name, value in properties.items():
         assert letter.properties.get(name) == value, f"property {name} changed: {letter.properties}"
-    kept_headers = letter.properties.get("headers") or {}
+    kept_headers = letter.headers or {}
     for name, value in headers.items():
         assert kept_headers.get(name, KeyError) == value, f"header {name} changed: {kept_headers}"
     reason = kept_headers.get("x-celeriac-reason")
