@@ -14,13 +14,16 @@ from the environment, set by the suite's conftest:
 - ``PYINTEROP_VISIBILITY_TIMEOUT=<seconds>``: the Redis transport's
   ``visibility_timeout`` (``--visibility-timeout``). Restore sweeps then run every
   second so that a killed worker's messages come back soon after the timeout,
-  as they should from the Rust worker.
+  as they should from the Rust worker. Redis only: AMQP has no visibility timeout.
+
+The broker and backend come from ``celery -b URL --result-backend URL``: Redis or AMQP
+(``amqp://``) for the broker, Redis or ``rpc://`` for the backend.
 """
 
 import os
 import time
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -46,6 +49,35 @@ if os.environ.get("PYINTEROP_ACKS_LATE") == "1":
     # With acks_late a worker that dies mid-task must leave the message for a
     # successor, which is what the Rust worker does too.
     app.conf.task_reject_on_worker_lost = True
+
+class WakeUp(bootsteps.StartStopStep):
+    """Wake the worker's event loop twice a second.
+
+    The loop notices a SIGTERM only between two polls. On Redis the transport's own 1 s
+    poll wakes it; on AMQP nothing may for up to 10 s (the hub's longest sleep), so a
+    warm shutdown would idle that long before it starts. The Rust worker stops at once.
+    """
+
+    requires = ("celery.worker.components:Hub",)
+
+    def start(self, worker):
+        if worker.hub is not None:
+            worker.hub.call_repeatedly(0.5, _nothing)
+
+
+def _nothing():
+    pass
+
+
+app.steps["worker"].add(WakeUp)
+
+# AMQP heartbeats every 10 s (Celery's default is 120 s; Redis ignores this). After
+# RabbitMQ restarts under it, Celery 5.7's worker with the thread pool can stall in a
+# blocking read on its new connection until the broker drops that connection for missed
+# heartbeats, then reconnects and carries on: 120 s heartbeats made that a 5-minute stall,
+# 10 s ones make it about half a minute. The Rust worker has no such stall to mask; the
+# broker-restart test holds either worker to the same outcome.
+app.conf.broker_heartbeat = 10
 
 if os.environ.get("PYINTEROP_VISIBILITY_TIMEOUT"):
     app.conf.broker_transport_options = {

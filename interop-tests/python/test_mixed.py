@@ -8,12 +8,16 @@ DB = 13
 
 
 def test_python_and_worker_under_test_share_one_queue(client, spawn_worker):
-    # Prefetch 1 keeps either worker from hoarding the queue, so both get a share. The Python
-    # worker starts alone so that its readiness check is answered by it, not by the other one.
-    python = spawn_worker("python", concurrency=2, prefetch_multiplier=1, hostname="python@interop")
-    python.wait_ready(client)
-    under_test = spawn_worker(concurrency=2, prefetch_multiplier=1, hostname="under-test@interop")
-    under_test.wait_ready(client)
+    # Prefetch 1 keeps either worker from hoarding the queue, so both get a share. Each
+    # worker also consumes a queue of its own, and its readiness probe goes there: a probe
+    # on the shared queue could be answered by the other worker while this one is still
+    # starting (and then the calls below might all be over before it consumes).
+    python = spawn_worker("python", queues="celery,python-only", concurrency=2, prefetch_multiplier=1,
+                          hostname="python@interop")
+    python.wait_ready(client, queue="python-only")
+    under_test = spawn_worker(queues="celery,under-test-only", concurrency=2, prefetch_multiplier=1,
+                              hostname="under-test@interop")
+    under_test.wait_ready(client, queue="under-test-only")
 
     # Every third call sleeps 50 ms: a worker busy with one leaves the queue to the other,
     # so neither drains all 200 before the other's next poll, however fast it is.
