@@ -227,7 +227,10 @@ class AmqpBroker:
             pytest.fail(f"RabbitMQ is required at {redact(self.url)} and is not reachable: {exc!r}",
                         pytrace=False)
         self._conn = conn
-        self._chan = conn.channel()
+        # Bodies as the bytes on the wire: py-amqp would otherwise decode them by their
+        # content_encoding, and tests compare bytes.
+        self._chan = amqp.Channel(conn, auto_decode=False)
+        self._chan.open()
         self._chan.confirm_select()
         return self._chan
 
