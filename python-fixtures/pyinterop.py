@@ -11,6 +11,8 @@ The interop worker's flags that ``celery worker`` has no option for are read
 from the environment, set by the suite's conftest:
 
 - ``PYINTEROP_ACKS_LATE=1``: Celery's ``task_acks_late`` (``--acks-late``);
+- ``PYINTEROP_QUEUE_BINDINGS=queue=exchange:type:key;...``: Celery's
+  ``task_queues`` (``--queue-binding``, one per binding);
 - ``PYINTEROP_VISIBILITY_TIMEOUT=<seconds>``: the Redis transport's
   ``visibility_timeout`` (``--visibility-timeout``). Restore sweeps then run every
   second so that a killed worker's messages come back soon after the timeout,
@@ -78,6 +80,16 @@ app.steps["worker"].add(WakeUp)
 # 10 s ones make it about half a minute. The Rust worker has no such stall to mask; the
 # broker-restart test holds either worker to the same outcome.
 app.conf.broker_heartbeat = 10
+
+if os.environ.get("PYINTEROP_QUEUE_BINDINGS"):
+    from kombu import Exchange, Queue
+
+    _queues = []
+    for spec in os.environ["PYINTEROP_QUEUE_BINDINGS"].split(";"):
+        _queue, _rest = spec.split("=", 1)
+        _exchange, _type, _key = _rest.split(":", 2)
+        _queues.append(Queue(_queue, Exchange(_exchange, type=_type), routing_key=_key))
+    app.conf.task_queues = _queues
 
 if os.environ.get("PYINTEROP_VISIBILITY_TIMEOUT"):
     app.conf.broker_transport_options = {

@@ -501,3 +501,34 @@ async fn amqps_refuses_a_server_it_cannot_verify() {
     .expect("a missing CA file is an error");
     assert!(matches!(err, BrokerError::TlsCaFile { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn queues_bound_to_a_topic_exchange_of_their_own() {
+    let q = unique("t-images");
+    let exchange = unique("t-media");
+    let b = broker_with(BrokerOptions {
+        bindings: vec![celeriac::broker::QueueBinding {
+            queue: q.clone(),
+            exchange: exchange.clone(),
+            exchange_type: celeriac::broker::ExchangeType::Topic,
+            routing_key: "media.#".into(),
+        }],
+        ..BrokerOptions::default()
+    })
+    .await;
+    let mut c = b.consume(std::slice::from_ref(&q), 2).await.unwrap();
+    b.publish(&sample("topic", None), &exchange, "media.images.png")
+        .await
+        .unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(id_of(&d), "topic");
+    assert_eq!(d.message.delivery_info.exchange, exchange);
+    assert_eq!(d.message.delivery_info.routing_key, "media.images.png");
+    d.ack().await.unwrap();
+    // A key outside the pattern reaches no queue.
+    assert!(matches!(
+        b.publish(&sample("x", None), &exchange, "other.key").await,
+        Err(BrokerError::Unroutable { .. })
+    ));
+    c.close().await.unwrap();
+}

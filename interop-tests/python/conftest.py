@@ -343,7 +343,8 @@ class WorkerProcess:
 
     def __init__(self, kind: str, transport: Transport, log_dir: Path, *, queues: str = "celery",
                  concurrency: int = 4, prefetch_multiplier: int = 4, hostname: str | None = None,
-                 acks_late: bool = False, visibility_timeout: float | None = None):
+                 acks_late: bool = False, visibility_timeout: float | None = None,
+                 queue_bindings: tuple = ()):
         self.kind = kind
         self.transport = transport
         self.queues = queues
@@ -370,6 +371,8 @@ class WorkerProcess:
                 cmd.append("--acks-late")
             if visibility_timeout is not None:
                 cmd += ["--visibility-timeout", str(visibility_timeout)]
+            for binding in queue_bindings:
+                cmd += ["--queue-binding", binding]
             env.setdefault("RUST_LOG", "info")
             cwd = REPO
         else:
@@ -383,6 +386,9 @@ class WorkerProcess:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FIXTURES), env.get("PYTHONPATH")]))
             env.pop("PYINTEROP_ACKS_LATE", None)
             env.pop("PYINTEROP_VISIBILITY_TIMEOUT", None)
+            env.pop("PYINTEROP_QUEUE_BINDINGS", None)
+            if queue_bindings:
+                env["PYINTEROP_QUEUE_BINDINGS"] = ";".join(queue_bindings)
             if acks_late:
                 env["PYINTEROP_ACKS_LATE"] = "1"
             if visibility_timeout is not None:

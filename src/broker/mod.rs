@@ -179,6 +179,83 @@ pub enum QueueType {
     Quorum,
 }
 
+/// How an exchange routes (kombu's exchange types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExchangeType {
+    /// Routing key equals the binding key.
+    #[default]
+    Direct,
+    /// Routing key matches the binding pattern (`*` one word, `#` any words).
+    Topic,
+    /// Every bound queue gets every message.
+    Fanout,
+}
+
+impl ExchangeType {
+    /// kombu's name for the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Topic => "topic",
+            ExchangeType::Fanout => "fanout",
+        }
+    }
+}
+
+impl std::str::FromStr for ExchangeType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(ExchangeType::Direct),
+            "topic" => Ok(ExchangeType::Topic),
+            "fanout" => Ok(ExchangeType::Fanout),
+            other => Err(format!(
+                "unknown exchange type {other:?} (expected direct, topic or fanout)"
+            )),
+        }
+    }
+}
+
+/// A consumed queue bound to an exchange of the application's choosing, as Celery's
+/// `task_queues = [Queue(name, Exchange(exchange, type=...), routing_key=...)]` declares it.
+/// Queues without a binding get Celery's default: the direct exchange of the same name,
+/// routing key = queue name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueBinding {
+    /// The queue.
+    pub queue: String,
+    /// The exchange it is bound to (declared durable).
+    pub exchange: String,
+    /// How the exchange routes.
+    pub exchange_type: ExchangeType,
+    /// The binding key (a pattern for topic exchanges).
+    pub routing_key: String,
+}
+
+impl std::str::FromStr for QueueBinding {
+    type Err = String;
+    /// `queue=exchange:type:routing_key`, e.g. `images=media:topic:media.#`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("invalid binding {s:?} (expected queue=exchange:type:routing_key)");
+        let (queue, rest) = s.split_once('=').ok_or_else(usage)?;
+        let mut parts = rest.splitn(3, ':');
+        let (Some(exchange), Some(kind), Some(routing_key)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(usage());
+        };
+        if queue.is_empty() || exchange.is_empty() {
+            return Err(usage());
+        }
+        Ok(QueueBinding {
+            queue: queue.to_owned(),
+            exchange: exchange.to_owned(),
+            exchange_type: kind.parse()?,
+            routing_key: routing_key.to_owned(),
+        })
+    }
+}
+
 /// Options for connecting a broker.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
@@ -192,6 +269,9 @@ pub struct BrokerOptions {
     pub max_priority: Option<u8>,
     /// `amqps://`: a PEM file of CA certificates to trust besides the system's.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Consumed queues bound to exchanges of their own (RabbitMQ declares and routes them;
+    /// Redis records them in kombu's binding sets, routing as direct).
+    pub bindings: Vec<QueueBinding>,
 }
 
 impl Default for BrokerOptions {
@@ -202,6 +282,7 @@ impl Default for BrokerOptions {
             queue_type: QueueType::Classic,
             max_priority: None,
             tls_ca_file: None,
+            bindings: Vec::new(),
         }
     }
 }
@@ -506,6 +587,30 @@ pub(crate) fn lossless_text(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bindings_parse_from_the_command_line_form() {
+        let b: QueueBinding = "images=media:topic:media.#".parse().unwrap();
+        assert_eq!(
+            b,
+            QueueBinding {
+                queue: "images".into(),
+                exchange: "media".into(),
+                exchange_type: ExchangeType::Topic,
+                routing_key: "media.#".into(),
+            }
+        );
+        let b: QueueBinding = "q=ex:direct:a:b".parse().unwrap();
+        assert_eq!(b.routing_key, "a:b", "the routing key may hold colons");
+        assert!(
+            "q=ex:weird:k"
+                .parse::<QueueBinding>()
+                .unwrap_err()
+                .contains("weird")
+        );
+        assert!("q=ex".parse::<QueueBinding>().is_err());
+        assert!("=ex:direct:k".parse::<QueueBinding>().is_err());
+    }
 
     #[test]
     fn priorities_follow_kombu() {

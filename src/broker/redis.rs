@@ -46,8 +46,8 @@
 
 use super::url::RedisUrl;
 use super::{
-    Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, PRIORITY_STEPS, lossless_text,
-    mark_redelivered, message_priority, rotate,
+    Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, PRIORITY_STEPS,
+    lossless_text, mark_redelivered, message_priority, rotate,
 };
 use crate::protocol::kombu::to_python_json;
 use crate::protocol::{DeliveryInfo, RawMessage};
@@ -97,6 +97,24 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 
 fn redis_err(command: &'static str) -> impl FnOnce(::redis::RedisError) -> BrokerError {
     move |source| BrokerError::Redis { command, source }
+}
+
+/// AMQP topic matching, as kombu's topic exchange does it: words are separated by `.`,
+/// `*` in the pattern stands for exactly one word and `#` for zero or more.
+pub(crate) fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|skip| go(rest, &k[skip..])),
+            Some((&word, rest)) => match k.split_first() {
+                Some((&key, krest)) => (word == "*" || word == key) && go(rest, krest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = routing_key.split('.').collect();
+    go(&p, &k)
 }
 
 /// kombu's `_q_for_pri`: the list key of `queue` for a priority step.
@@ -207,9 +225,22 @@ impl RedisBroker {
             .map_err(redis_err("LPUSH"))
     }
 
+    /// The type of `exchange`: what the options' bindings declare for it, else direct (kombu
+    /// keeps exchange types in the declaring process, not in Redis, and treats unknown ones
+    /// as direct).
+    fn exchange_type(&self, exchange: &str) -> ExchangeType {
+        self.inner
+            .opts
+            .bindings
+            .iter()
+            .find(|b| b.exchange == exchange)
+            .map_or(ExchangeType::Direct, |b| b.exchange_type)
+    }
+
     /// kombu's `_lookup`: exchange `""` routes to the queue named by the routing key; a
-    /// named exchange to the queues bound in `_kombu.binding.<exchange>` with that routing
-    /// key (every exchange is treated as direct, as kombu does for unknown types).
+    /// named exchange to the queues bound in `_kombu.binding.<exchange>` whose binding key
+    /// matches the routing key (equal for direct exchanges, the pattern for topic ones,
+    /// every queue for fanout ones).
     async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_string()]);
@@ -228,7 +259,12 @@ impl RedisBroker {
             else {
                 continue;
             };
-            if rk == routing_key && !queues.iter().any(|q| q == queue) {
+            let routes = match self.exchange_type(exchange) {
+                ExchangeType::Direct => rk == routing_key,
+                ExchangeType::Topic => topic_matches(rk, routing_key),
+                ExchangeType::Fanout => true,
+            };
+            if routes && !queues.iter().any(|q| q == queue) {
                 queues.push(queue.to_string());
             }
         }
@@ -239,14 +275,31 @@ impl RedisBroker {
     /// Bind `queue` to the direct exchange of the same name with the queue name as routing
     /// key, as a Celery worker declares its queues (`_kombu.binding.<q>` and, kombu 5.7,
     /// `_kombu.binding_permanent.<q>`).
+    ///
+    /// A queue with [`QueueBinding`](super::QueueBinding)s in the options is bound to those
+    /// exchanges with those keys instead (kombu's `routing_key, pattern, queue` member; every
+    /// exchange routes as direct here, so a topic pattern only matches itself).
     pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        let member = format!("{queue}{SEP}{SEP}{queue}");
-        ::redis::pipe()
-            .sadd(format!("{BINDING_PREFIX}{queue}"), &member)
-            .ignore()
-            .sadd(format!("{BINDING_PERMANENT_PREFIX}{queue}"), &member)
-            .ignore()
-            .query_async::<()>(&mut self.conn())
+        let mut bindings: Vec<(&str, &str)> = self
+            .inner
+            .opts
+            .bindings
+            .iter()
+            .filter(|b| b.queue == queue)
+            .map(|b| (b.exchange.as_str(), b.routing_key.as_str()))
+            .collect();
+        if bindings.is_empty() {
+            bindings.push((queue, queue));
+        }
+        let mut pipe = ::redis::pipe();
+        for (exchange, routing_key) in bindings {
+            let member = format!("{routing_key}{SEP}{SEP}{queue}");
+            pipe.sadd(format!("{BINDING_PREFIX}{exchange}"), &member)
+                .ignore()
+                .sadd(format!("{BINDING_PERMANENT_PREFIX}{exchange}"), &member)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(redis_err("SADD _kombu.binding"))
     }
@@ -990,6 +1043,27 @@ mod tests {
         assert_eq!(queue_key("celery", 0), "celery");
         assert_eq!(queue_key("celery", 3), "celery\x06\x163");
         assert_eq!(queue_key("celery", 9), "celery\x06\x169");
+    }
+
+    #[test]
+    fn topic_patterns_match_like_amqp() {
+        for (p, k, want) in [
+            ("media.#", "media.images", true),
+            ("media.#", "media", true),
+            ("media.#", "media.a.b", true),
+            ("media.*", "media.images", true),
+            ("media.*", "media.a.b", false),
+            ("media.*", "media", false),
+            ("#", "anything.at.all", true),
+            ("*.images", "media.images", true),
+            ("a.#.z", "a.z", true),
+            ("a.#.z", "a.b.c.z", true),
+            ("a.#.z", "a.b.c", false),
+            ("exact", "exact", true),
+            ("exact", "other", false),
+        ] {
+            assert_eq!(topic_matches(p, k), want, "{p} vs {k}");
+        }
     }
 
     #[test]

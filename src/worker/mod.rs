@@ -17,7 +17,7 @@
 mod pipeline;
 
 use crate::backend::{AnyBackend, BackendOptions};
-use crate::broker::{AnyBroker, BrokerOptions, QueueType};
+use crate::broker::{AnyBroker, BrokerOptions, QueueBinding, QueueType};
 use crate::registry::Registry;
 use std::future::Future;
 use std::sync::Arc;
@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     pub max_priority: Option<u8>,
     /// `amqps://`: a PEM file of CA certificates to trust besides the system's.
     pub broker_ca_file: Option<std::path::PathBuf>,
+    /// Queues bound to exchanges of their own (Celery's `task_queues`); the others are bound
+    /// to the direct exchange of their own name.
+    pub queue_bindings: Vec<QueueBinding>,
 }
 
 impl Default for WorkerConfig {
@@ -76,6 +79,7 @@ impl Default for WorkerConfig {
             queue_type: QueueType::Classic,
             max_priority: None,
             broker_ca_file: None,
+            queue_bindings: Vec::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Worker {
                 queue_type: config.queue_type,
                 max_priority: config.max_priority,
                 tls_ca_file: config.broker_ca_file.clone(),
+                bindings: config.queue_bindings.clone(),
             },
         )
         .await?;

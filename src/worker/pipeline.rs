@@ -186,9 +186,16 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
     next.headers.argsrepr = None;
     next.headers.kwargsrepr = None;
     let published = match protocol::encode(&next) {
+        // Where Celery's `signature_from_request` sends a retry: a message that came through
+        // the default exchange goes to the queue named by its routing key, any other back to
+        // the same exchange and routing key.
         Ok(raw) => shared
             .broker
-            .publish(&raw, "", &msg.delivery_info.routing_key)
+            .publish(
+                &raw,
+                &msg.delivery_info.exchange,
+                &msg.delivery_info.routing_key,
+            )
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

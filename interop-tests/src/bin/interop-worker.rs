@@ -57,6 +57,10 @@ struct Args {
     /// amqps://: a PEM file of CA certificates to trust besides the system's.
     #[arg(long = "broker-ca-file")]
     broker_ca_file: Option<std::path::PathBuf>,
+    /// Bind a consumed queue to an exchange of its own, `queue=exchange:type:routing_key`
+    /// (type direct, topic or fanout), as Celery's `task_queues` does; repeatable.
+    #[arg(long = "queue-binding")]
+    queue_bindings: Vec<celeriac::broker::QueueBinding>,
 }
 
 #[task(name = "interop.noop")]
@@ -174,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         },
         max_priority: args.max_priority,
         broker_ca_file: args.broker_ca_file,
+        queue_bindings: args.queue_bindings,
         ..defaults
     };
     let worker = Worker::connect(config).await?;

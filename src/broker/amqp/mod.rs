@@ -3,7 +3,8 @@
 //!
 //! * **Topology.** For each queue `Q` consumed: a durable direct exchange `Q`, a durable
 //!   queue `Q` bound to it with routing key `Q` (Celery's default for `celery` and for
-//!   every queue it creates from `-Q`). Queue arguments come from [`BrokerOptions`]:
+//!   every queue it creates from `-Q`), or the exchanges and keys of its
+//!   [`QueueBinding`]s (Celery's `task_queues`). Queue arguments come from [`BrokerOptions`]:
 //!   `x-max-priority` and `x-queue-type: quorum`. They must match what the queue already
 //!   has; RabbitMQ refuses a mismatch and the error says so.
 //! * **Consuming.** One connection and one channel per consumer, `basic.qos(prefetch)`
@@ -21,7 +22,10 @@
 mod fields;
 
 use super::url::AmqpUrl;
-use super::{Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, QueueType};
+use super::{
+    Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, QueueBinding,
+    QueueType,
+};
 use crate::protocol::RawMessage;
 use fields::short;
 use futures_util::StreamExt;
@@ -214,31 +218,57 @@ impl AmqpBroker {
         }
     }
 
-    /// Declare queue `name` as Celery's worker does: a durable direct exchange of the same
-    /// name, the durable queue with the configured arguments, bound with routing key `name`.
+    /// Declare queue `name` as Celery's worker does: the durable queue with the configured
+    /// arguments, bound to the exchanges of its [`QueueBinding`]s, or by default to a durable
+    /// direct exchange of the same name with routing key `name`.
     async fn declare(&self, ch: &Channel, name: &str) -> Result<(), BrokerError> {
-        let queue = short(name, "queue name")?;
-        ch.exchange_declare(
-            queue.clone(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_err("exchange.declare"))?;
         self.declare_queue(ch, name, self.queue_arguments()).await?;
-        ch.queue_bind(
-            queue.clone(),
-            queue.clone(),
-            queue,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_err("queue.bind"))
+        let custom: Vec<&QueueBinding> = self
+            .inner
+            .opts
+            .bindings
+            .iter()
+            .filter(|b| b.queue == name)
+            .collect();
+        let default = QueueBinding {
+            queue: name.to_owned(),
+            exchange: name.to_owned(),
+            exchange_type: ExchangeType::Direct,
+            routing_key: name.to_owned(),
+        };
+        let bindings = if custom.is_empty() {
+            vec![&default]
+        } else {
+            custom
+        };
+        for b in bindings {
+            let kind = match b.exchange_type {
+                ExchangeType::Direct => ExchangeKind::Direct,
+                ExchangeType::Topic => ExchangeKind::Topic,
+                ExchangeType::Fanout => ExchangeKind::Fanout,
+            };
+            ch.exchange_declare(
+                short(&b.exchange, "exchange name")?,
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("exchange.declare"))?;
+            ch.queue_bind(
+                short(name, "queue name")?,
+                short(&b.exchange, "exchange name")?,
+                short(&b.routing_key, "routing key")?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("queue.bind"))?;
+        }
+        Ok(())
     }
 
     async fn declare_queue(
