@@ -524,16 +524,23 @@ impl AmqpConsumer {
 
     /// Stop consuming and hand every buffered, not yet given out delivery back to
     /// RabbitMQ (`basic.reject(requeue=true)`). Deliveries given out stay valid.
+    ///
+    /// If the connection is gone, handing back fails, which loses nothing: RabbitMQ requeues
+    /// every unacknowledged message of a closed channel. The first such error is returned
+    /// after every delivery has been tried.
     pub async fn close(mut self) -> Result<(), BrokerError> {
         self.rx.close();
+        let mut first_error = None;
         while let Ok(item) = self.rx.try_recv() {
-            if let Ok(d) = item {
-                d.restore().await?;
+            if let Ok(d) = item
+                && let Err(err) = d.restore().await
+            {
+                first_error.get_or_insert(err);
             }
         }
         // The fetcher cancels the consumers and requeues stragglers; wait for it.
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.fetcher).await;
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
