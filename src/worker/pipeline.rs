@@ -4,9 +4,11 @@
 //! 2. registry lookup: an unknown name stores FAILURE `NotRegistered` and acks;
 //! 3. expired (`expires` in the past): REVOKED is stored and the message acked;
 //! 4. eta: wait for it (holding the delivery, not a concurrency slot);
-//! 5. take a concurrency slot; early ack (Celery's default) unless acks-late;
+//! 5. take a concurrency slot; early ack (Celery's default) unless acks-late (a failed
+//!    early ack leaves the message to the broker, which delivers it again: it is not run);
 //! 6. `task::call` (argument binding happens in the task's runner; panics are caught);
-//! 7. outcome: retry republishes a copy, success/failure is stored;
+//! 7. outcome: retry republishes a copy, success/failure is stored (`rpc://`: sent to the
+//!    message's `reply_to` queue);
 //! 8. late ack.
 
 use crate::backend::{AnyBackend, ReplyTo};
@@ -254,7 +256,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Store a state change; the RPC backend sends it to the reply queue the message names.
 async fn store(backend: &AnyBackend, meta: &ResultMeta, msg: &TaskMessage) {
-    let reply = ReplyTo::from_properties(&msg.properties, &msg.headers.id);
+    // Only the RPC backend sends anywhere but the task id's key; spare the others the copies.
+    let reply = match backend {
+        AnyBackend::Rpc(_) => ReplyTo::from_properties(&msg.properties, &msg.headers.id),
+        _ => None,
+    };
     if let Err(err) = backend.store_for(meta, reply.as_ref()).await {
         tracing::error!(error = %err, id = %meta.task_id, "could not store the result");
     }
