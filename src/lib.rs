@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod client;
 pub mod error;
 pub mod protocol;
 pub mod registry;

@@ -294,6 +294,19 @@ impl AnyBackend {
         }
     }
 
+    /// Remove a stored result (Celery's `forget`); nothing to do without results or with
+    /// `rpc://`, which stores nothing.
+    pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        match self {
+            Self::Disabled | Self::Rpc(_) => Ok(()),
+            Self::Memory(b) => {
+                b.forget(task_id);
+                Ok(())
+            }
+            Self::Redis(b) => b.forget(task_id).await,
+        }
+    }
+
     /// A one-line description for the start-up banner, password masked.
     pub fn describe(&self) -> String {
         match self {

@@ -341,6 +341,20 @@ impl AnyBroker {
         }
     }
 
+    /// Declare `queue` as a Celery worker or client does before using it (RabbitMQ: the
+    /// durable queue and its direct exchange or configured bindings; Redis and memory: the
+    /// binding of the exchange of the same name). Idempotent.
+    pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => {
+                b.bind(queue, queue, queue);
+                Ok(())
+            }
+            AnyBroker::Redis(b) => b.declare_queue(queue).await,
+            AnyBroker::Amqp(b) => b.declare_queue(queue).await,
+        }
+    }
+
     /// Banner text for the broker, password masked.
     pub fn describe(&self) -> String {
         match self {

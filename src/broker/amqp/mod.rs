@@ -222,7 +222,8 @@ impl AmqpBroker {
     /// arguments, bound to the exchanges of its [`QueueBinding`]s, or by default to a durable
     /// direct exchange of the same name with routing key `name`.
     async fn declare(&self, ch: &Channel, name: &str) -> Result<(), BrokerError> {
-        self.declare_queue(ch, name, self.queue_arguments()).await?;
+        self.declare_queue_with(ch, name, self.queue_arguments())
+            .await?;
         let custom: Vec<&QueueBinding> = self
             .inner
             .opts
@@ -271,7 +272,7 @@ impl AmqpBroker {
         Ok(())
     }
 
-    async fn declare_queue(
+    async fn declare_queue_with(
         &self,
         ch: &Channel,
         name: &str,
@@ -291,6 +292,13 @@ impl AmqpBroker {
             queue: name.to_owned(),
             source,
         })
+    }
+
+    /// Declare `queue` (and its exchange and binding) as consuming it would, on the
+    /// publishing channel: what a client does before its first publish to a queue.
+    pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let ch = self.publisher().await?;
+        self.declare(&ch, queue).await
     }
 
     fn queue_arguments(&self) -> FieldTable {
@@ -372,7 +380,7 @@ impl Session {
             .await
             .map_err(amqp_err("basic.qos"))?;
         broker
-            .declare_queue(&ch, DEAD_LETTER_KEY, FieldTable::default())
+            .declare_queue_with(&ch, DEAD_LETTER_KEY, FieldTable::default())
             .await?;
         let mut consumers = Vec::with_capacity(queues.len());
         for q in queues {

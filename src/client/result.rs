@@ -1,0 +1,162 @@
+//! A sent task's result, awaited through the backend (pushed, not polled).
+
+use crate::backend::{AnyBackend, BackendError};
+use crate::protocol::{ExceptionInfo, ResultMeta, TaskState};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Duration;
+
+/// How a task failed, as the worker stored it (Celery's exception fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFailure {
+    /// The exception class name (`ValueError`, `NotRegistered`, ...).
+    pub exc_type: String,
+    /// Its module (`builtins`, `celery.exceptions`, ...).
+    pub exc_module: String,
+    /// Its arguments (Celery's `exc_message`, a list).
+    pub exc_message: Value,
+    /// The formatted traceback, when the worker sent one.
+    pub traceback: Option<String>,
+}
+
+impl TaskFailure {
+    /// The message as Python prints `str(exc)`: the single argument, or the arguments.
+    pub fn message(&self) -> String {
+        match &self.exc_message {
+            Value::Array(items) if items.len() == 1 => match &items[0] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.exc_type, self.message())
+    }
+}
+
+/// Why a result could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    /// The task did not finish within the timeout.
+    #[error("task {id} did not finish within {after:?}")]
+    Timeout {
+        /// The task id.
+        id: String,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The task raised an exception (FAILURE).
+    #[error("task {id} failed: {failure}")]
+    Failed {
+        /// The task id.
+        id: String,
+        /// What it raised.
+        failure: TaskFailure,
+    },
+    /// The task was revoked or expired (REVOKED; Python raises TaskRevokedError).
+    #[error("task {id} was revoked: {failure}")]
+    Revoked {
+        /// The task id.
+        id: String,
+        /// The stored TaskRevokedError.
+        failure: TaskFailure,
+    },
+    /// The result is not of the requested type.
+    #[error("the result of task {id} is not the expected type: {source}")]
+    Type {
+        /// The task id.
+        id: String,
+        /// The mismatch.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// A sent task's result. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AsyncResult {
+    id: String,
+    backend: AnyBackend,
+}
+
+impl AsyncResult {
+    pub(crate) fn new(id: String, backend: AnyBackend) -> AsyncResult {
+        AsyncResult { id, backend }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The latest state (PENDING when nothing is stored yet).
+    pub async fn state(&self) -> Result<TaskState, ResultError> {
+        Ok(self
+            .backend
+            .get(&self.id)
+            .await?
+            .map_or(TaskState::Pending, |m| m.status))
+    }
+
+    /// Whether the task has finished (SUCCESS, FAILURE or REVOKED).
+    pub async fn ready(&self) -> Result<bool, ResultError> {
+        Ok(self.state().await?.is_ready())
+    }
+
+    /// Wait (pushed by the backend, not polled) until the task finishes, then return its
+    /// value as `T`, or its exception as [`ResultError::Failed`] / [`ResultError::Revoked`].
+    pub async fn get<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, ResultError> {
+        let meta =
+            self.backend
+                .wait(&self.id, timeout)
+                .await?
+                .ok_or_else(|| ResultError::Timeout {
+                    id: self.id.clone(),
+                    after: timeout,
+                })?;
+        self.outcome(meta)
+    }
+
+    fn outcome<T: DeserializeOwned>(&self, meta: ResultMeta) -> Result<T, ResultError> {
+        let failure = |meta: &ResultMeta| {
+            let exc = ExceptionInfo::from_value(&meta.result).ok();
+            TaskFailure {
+                exc_type: exc
+                    .as_ref()
+                    .map_or_else(|| "Exception".into(), |e| e.exc_type.clone()),
+                exc_module: exc
+                    .as_ref()
+                    .map_or_else(|| "builtins".into(), |e| e.exc_module.clone()),
+                exc_message: exc.map_or_else(|| meta.result.clone(), |e| e.exc_message),
+                traceback: meta.traceback.clone(),
+            }
+        };
+        match meta.status {
+            TaskState::Failure => Err(ResultError::Failed {
+                id: self.id.clone(),
+                failure: failure(&meta),
+            }),
+            TaskState::Revoked => Err(ResultError::Revoked {
+                id: self.id.clone(),
+                failure: failure(&meta),
+            }),
+            _ => serde_json::from_value(meta.result).map_err(|source| ResultError::Type {
+                id: self.id.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Remove the stored result (Celery's `forget`).
+    pub async fn forget(&self) -> Result<(), ResultError> {
+        Ok(self.backend.forget(&self.id).await?)
+    }
+}
