@@ -107,6 +107,14 @@ impl MemoryBroker {
             .map_or(0, |l| l.iter().map(VecDeque::len).sum())
     }
 
+    /// Remove every message waiting in `queue`; returns how many there were.
+    pub fn purge(&self, queue: &str) -> usize {
+        let mut st = self.shared.lock();
+        st.queues.get_mut(queue).map_or(0, |lists| {
+            lists.iter_mut().map(|l| l.drain(..).count()).sum()
+        })
+    }
+
     /// Messages taken and not yet settled.
     pub fn unacked_len(&self) -> usize {
         self.shared.lock().unacked.len()

@@ -355,6 +355,15 @@ impl AnyBroker {
         }
     }
 
+    /// Remove every message waiting in `queue` (Celery's `purge`); returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<usize, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => Ok(b.purge(queue)),
+            AnyBroker::Redis(b) => b.purge(queue).await,
+            AnyBroker::Amqp(b) => b.purge(queue).await,
+        }
+    }
+
     /// Banner text for the broker, password masked.
     pub fn describe(&self) -> String {
         match self {

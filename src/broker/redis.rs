@@ -304,6 +304,24 @@ impl RedisBroker {
             .map_err(redis_err("SADD _kombu.binding"))
     }
 
+    /// Remove every message waiting in `queue` (all priority keys, kombu's `_purge`);
+    /// returns how many there were. Unacknowledged messages are not touched.
+    pub async fn purge(&self, queue: &str) -> Result<usize, BrokerError> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for step in PRIORITY_STEPS {
+            pipe.llen(queue_key(queue, step));
+        }
+        for step in PRIORITY_STEPS {
+            pipe.del(queue_key(queue, step)).ignore();
+        }
+        let sizes: Vec<usize> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err("purge"))?;
+        Ok(sizes.into_iter().sum())
+    }
+
     /// Messages waiting in `queue`, all priority keys together (kombu's `_size`).
     pub async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
         let mut pipe = ::redis::pipe();

@@ -56,7 +56,7 @@ pub enum ResultError {
         /// The task id.
         id: String,
         /// What it raised.
-        failure: TaskFailure,
+        failure: Box<TaskFailure>,
     },
     /// The task was revoked or expired (REVOKED; Python raises TaskRevokedError).
     #[error("task {id} was revoked: {failure}")]
@@ -64,7 +64,7 @@ pub enum ResultError {
         /// The task id.
         id: String,
         /// The stored TaskRevokedError.
-        failure: TaskFailure,
+        failure: Box<TaskFailure>,
     },
     /// The result is not of the requested type.
     #[error("the result of task {id} is not the expected type: {source}")]
@@ -128,7 +128,7 @@ impl AsyncResult {
     fn outcome<T: DeserializeOwned>(&self, meta: ResultMeta) -> Result<T, ResultError> {
         let failure = |meta: &ResultMeta| {
             let exc = ExceptionInfo::from_value(&meta.result).ok();
-            TaskFailure {
+            Box::new(TaskFailure {
                 exc_type: exc
                     .as_ref()
                     .map_or_else(|| "Exception".into(), |e| e.exc_type.clone()),
@@ -137,7 +137,7 @@ impl AsyncResult {
                     .map_or_else(|| "builtins".into(), |e| e.exc_module.clone()),
                 exc_message: exc.map_or_else(|| meta.result.clone(), |e| e.exc_message),
                 traceback: meta.traceback.clone(),
-            }
+            })
         };
         match meta.status {
             TaskState::Failure => Err(ResultError::Failed {

@@ -315,6 +315,25 @@ impl AmqpBroker {
         args
     }
 
+    /// Remove every ready message from `queue` (`queue.purge`); returns how many there
+    /// were. A queue that does not exist is an error.
+    pub async fn purge(&self, queue: &str) -> Result<usize, BrokerError> {
+        let conn = self.open("purge").await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("channel.open"))?;
+        let n = ch
+            .queue_purge(
+                short(queue, "queue name")?,
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+            .map_err(amqp_err("queue.purge"))?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(n as usize)
+    }
+
     /// Messages ready in `queue` (a passive declare; not counting unacknowledged ones).
     pub async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
         let conn = self.open("inspect").await?;
