@@ -4,9 +4,9 @@
 //! failure, never a skip. Both brokers run in one test, one after the other, so they never
 //! share the database at the same time.
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::PythonWorker;
 use std::time::{Duration, Instant};
 
 use celeriac::client::{Client, ClientConfig, ResultError, SendOptions};
@@ -17,75 +17,9 @@ use serde_json::{Map, Value, json};
 const BACKEND: &str = "redis://127.0.0.1:6379/1";
 const QUEUE: &str = "py";
 const RESULT_TIMEOUT: Duration = Duration::from_secs(60);
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../python-fixtures");
-
 fn amqp_url() -> String {
     std::env::var("CELERIAC_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/celeriac-test".into())
-}
-
-fn python_bin_dir() -> PathBuf {
-    std::env::var_os("CELERIAC_PYTHON_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin")))
-}
-
-/// `celery -A pytasks worker -Q py`, killed when dropped.
-struct PythonWorker {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl PythonWorker {
-    fn start(broker: &str) -> PythonWorker {
-        let celery = python_bin_dir().join("celery");
-        assert!(
-            celery.exists(),
-            "the Python venv is required: {} is missing",
-            celery.display()
-        );
-        let log_path = std::env::temp_dir().join(format!(
-            "celeriac-client-python-worker-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let log = File::create(&log_path).expect("worker log");
-        let child = Command::new(&celery)
-            .args([
-                "-A", "pytasks", "worker", "-Q", QUEUE, "-P", "threads", "-c", "8", "-l", "info",
-            ])
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ])
-            .args([
-                "-n",
-                &format!("client-{}@celeriac", uuid::Uuid::new_v4().simple()),
-            ])
-            .current_dir(FIXTURES)
-            .env("PYTHONPATH", FIXTURES)
-            .env("CELERY_BROKER_URL", broker)
-            .env("CELERY_RESULT_BACKEND", BACKEND)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", celery.display()));
-        PythonWorker { child, log_path }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn args(values: &[Value]) -> Vec<Value> {
@@ -93,7 +27,7 @@ fn args(values: &[Value]) -> Vec<Value> {
 }
 
 async fn scenarios(broker: &str) {
-    let worker = PythonWorker::start(broker);
+    let worker = PythonWorker::start("pytasks", QUEUE, broker, BACKEND, 8);
     let client = Client::connect(ClientConfig {
         broker_url: broker.into(),
         result_backend: Some(BACKEND.into()),

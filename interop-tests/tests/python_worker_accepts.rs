@@ -15,9 +15,9 @@
 //! every failure is collected before the test fails (one broken scenario does not hide
 //! the others).
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use common::PythonWorker;
 use std::time::{Duration, Instant};
 
 use celeriac::backend::{AnyBackend, BackendOptions};
@@ -36,100 +36,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const RESULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a wait looks whether the worker died, so a crash fails fast with its log.
 const LIVENESS_SLICE: Duration = Duration::from_secs(3);
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../python-fixtures");
-
-fn python_bin_dir() -> PathBuf {
-    std::env::var_os("CELERIAC_PYTHON_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin")))
-}
-
-/// The Celery worker subprocess; killed (and reaped) when dropped, so a failing or
-/// panicking test never leaves it running.
-struct PythonWorker {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl PythonWorker {
-    fn start() -> PythonWorker {
-        let celery = python_bin_dir().join("celery");
-        assert!(
-            celery.exists(),
-            "the Python venv is required: {} is missing (create <repo>/.venv with celery[redis,msgpack]==5.7.0, \
-             or set CELERIAC_PYTHON_BIN_DIR)",
-            celery.display()
-        );
-        let log_path = std::env::temp_dir().join(format!(
-            "celeriac-python-worker-accepts-{}-{}.log",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let log = File::create(&log_path).expect("create the worker log file");
-        let log_err = log.try_clone().expect("clone the worker log handle");
-        let mut cmd = Command::new(&celery);
-        cmd.args([
-            "-A",
-            "pyinterop",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "2",
-            "-l",
-            "info",
-        ])
-        // Mingle, gossip and heartbeats would only add traffic the test does not need.
-        .args([
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ])
-        .args(["-Q", QUEUE])
-        .args(["-n", &format!("accept-{}@celeriac", std::process::id())])
-        .current_dir(FIXTURES)
-        .env("PYTHONPATH", FIXTURES)
-        .env("CELERY_BROKER_URL", REDIS_URL)
-        .env("CELERY_RESULT_BACKEND", REDIS_URL)
-        // Options of other suites must not leak in from the environment.
-        .env_remove("PYINTEROP_ACKS_LATE")
-        .env_remove("PYINTEROP_VISIBILITY_TIMEOUT")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the Celery worker {}: {e}", celery.display()));
-        PythonWorker { child, log_path }
-    }
-
-    /// The exit status when the worker has stopped.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// The last lines of the worker's log, for failure messages.
-    fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<no log: {e}>"));
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(60);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log_path.display(),
-            lines[start..].join("\n")
-        )
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        // SIGKILL: nothing of the worker's state matters after the test.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Empty database 3 so no queue or result of an earlier run is seen.
 async fn flush_db() {
@@ -161,7 +67,7 @@ impl Harness {
         let backend = AnyBackend::connect(Some(REDIS_URL), BackendOptions::default())
             .await
             .expect("connect Celeriac's Redis result backend");
-        let worker = PythonWorker::start();
+        let worker = PythonWorker::start("pyinterop", QUEUE, REDIS_URL, REDIS_URL, 2);
         Harness {
             worker,
             broker,
