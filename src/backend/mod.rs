@@ -8,6 +8,7 @@
 pub mod memory;
 pub mod redis;
 pub mod rpc;
+mod waiters;
 
 use std::time::Duration;
 
