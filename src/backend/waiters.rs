@@ -72,12 +72,6 @@ impl Waiters {
     pub(crate) fn ids(&self) -> Vec<String> {
         self.slots().keys().cloned().collect()
     }
-
-    /// How many task ids are awaited.
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> usize {
-        self.slots().len()
-    }
 }
 
 /// One caller waiting for one task; leaving is dropping it.
