@@ -8,6 +8,7 @@
 pub mod memory;
 pub mod redis;
 pub mod rpc;
+mod waiters;
 
 use std::time::Duration;
 
@@ -123,6 +124,15 @@ pub enum BackendError {
         #[source]
         source: Box<BrokerError>,
     },
+    /// The RPC backend could not consume its reply queue.
+    #[error("cannot consume the rpc:// reply queue {queue:?}: {source}")]
+    Listen {
+        /// The reply queue.
+        queue: String,
+        /// The broker's error (boxed: it is large and rare).
+        #[source]
+        source: Box<BrokerError>,
+    },
     /// The RPC backend was asked to store a result without a reply queue to send it to.
     #[error(
         "the rpc:// backend sends results to the caller's reply queue; task {task_id} has none"
@@ -147,7 +157,9 @@ impl BackendError {
     pub fn is_connection_error(&self) -> bool {
         match self {
             Self::Connect { .. } => true,
-            Self::Reply { source, .. } => source.is_connection_error(),
+            Self::Reply { source, .. } | Self::Listen { source, .. } => {
+                source.is_connection_error()
+            }
             Self::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()
@@ -259,23 +271,20 @@ impl AnyBackend {
     }
 
     /// The latest stored state of a task; `None` when nothing is stored (Celery reads that
-    /// as PENDING) or results are disabled.
+    /// as PENDING) or results are disabled. For `rpc://`: the latest reply that arrived on
+    /// this side's reply queue (see [`RpcBackend`]).
     pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         match self {
             Self::Disabled => Ok(None),
             Self::Memory(b) => Ok(b.get(task_id)),
             Self::Redis(b) => b.get(task_id).await,
-            Self::Rpc(_) => Err(BackendError::Unsupported {
-                url: "rpc://".into(),
-                reason: "rpc:// results are messages for the client that sent the task; \
-                         they cannot be read by task id"
-                    .into(),
-            }),
+            Self::Rpc(b) => Ok(b.get(task_id)),
         }
     }
 
     /// Wait until the task reaches a ready state (SUCCESS, FAILURE, REVOKED), pushed rather
-    /// than polled; `Ok(None)` when `timeout` passes first.
+    /// than polled; `Ok(None)` when `timeout` passes first. For `rpc://` the task must have
+    /// been sent with [`RpcBackend::reply_queue`] as its `reply_to`, through an AMQP broker.
     pub async fn wait(
         &self,
         task_id: &str,
@@ -285,12 +294,7 @@ impl AnyBackend {
             Self::Disabled => Err(BackendError::Disabled { op: "awaited" }),
             Self::Memory(b) => Ok(b.wait(task_id, timeout).await),
             Self::Redis(b) => b.wait(task_id, timeout).await,
-            Self::Rpc(_) => Err(BackendError::Unsupported {
-                url: "rpc://".into(),
-                reason: "rpc:// results are awaited on the reply queue of the client that \
-                         sent the task"
-                    .into(),
-            }),
+            Self::Rpc(b) => b.wait(task_id, timeout).await,
         }
     }
 

@@ -11,14 +11,24 @@
 //! ```
 //!
 //! Python clients `SUBSCRIBE` to the key's channel while they wait, so the PUBLISH is what
-//! makes `AsyncResult.get()` return promptly.
+//! makes `AsyncResult.get()` return promptly. Waiting here works the same way, with one
+//! subscriber connection per backend however many results are awaited (see [`RedisBackend::wait`]):
+//!
+//! ```text
+//! SUBSCRIBE celery-task-meta-<id> ...       # when an id is first awaited; once confirmed:
+//! MGET celery-task-meta-<id> ...            # a result stored before the SUBSCRIBE is seen
+//! UNSUBSCRIBE celery-task-meta-<id> ...     # when the last waiter of an id leaves
+//! ```
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::time::{Instant, timeout_at};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use tokio::sync::mpsc;
 
+use super::waiters::{Waiter, Waiters};
 use super::{BackendError, BackendOptions, mask_password};
 use crate::protocol::{ResultMeta, TaskState};
 
@@ -46,6 +56,7 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     url: String,
     opts: BackendOptions,
+    hub: Arc<Hub>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -79,6 +90,7 @@ impl RedisBackend {
             conn,
             url: masked,
             opts,
+            hub: Arc::default(),
         })
     }
 
@@ -160,61 +172,15 @@ impl RedisBackend {
     /// Wait until the task reaches a ready state, pushed over pub/sub as Celery's own client
     /// does; `Ok(None)` when `timeout` passes first.
     ///
-    /// Opens a subscriber connection per call.
+    /// All waits of a backend (and its clones) share one subscriber connection: see
+    /// [`Subscriber`].
     pub async fn wait(
         &self,
         task_id: &str,
         timeout: Duration,
     ) -> Result<Option<ResultMeta>, BackendError> {
-        let deadline = Instant::now() + timeout;
-        let key = task_key(task_id);
-        let Ok(pubsub) = timeout_at(deadline, self.client.get_async_pubsub()).await else {
-            return Ok(None);
-        };
-        let mut pubsub = pubsub.map_err(|source| BackendError::Redis {
-            op: "SUBSCRIBE",
-            source,
-        })?;
-        pubsub
-            .subscribe(&key)
-            .await
-            .map_err(|source| BackendError::Redis {
-                op: "SUBSCRIBE",
-                source,
-            })?;
-        // Look only once subscribed, so a result stored in between is seen one way or the
-        // other.
-        if let Some(meta) = self.get(task_id).await?
-            && meta.is_ready()
-        {
-            return Ok(Some(meta));
-        }
-        let mut messages = pubsub.into_on_message();
-        loop {
-            let msg = match timeout_at(deadline, messages.next()).await {
-                Err(_elapsed) => return Ok(None),
-                Ok(Some(msg)) => msg,
-                Ok(None) => {
-                    let closed = std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "the subscriber connection closed",
-                    );
-                    return Err(BackendError::Redis {
-                        op: "SUBSCRIBE",
-                        source: closed.into(),
-                    });
-                }
-            };
-            let meta = ResultMeta::from_slice(msg.get_payload_bytes()).map_err(|source| {
-                BackendError::Decode {
-                    task_id: task_id.to_owned(),
-                    source,
-                }
-            })?;
-            if meta.is_ready() {
-                return Ok(Some(meta));
-            }
-        }
+        let mut waiter = self.hub.join(self, task_id);
+        Ok(tokio::time::timeout(timeout, waiter.ready()).await.ok())
     }
 
     /// Delete a task's result (Celery's `AsyncResult.forget`).
@@ -225,5 +191,181 @@ impl RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(|source| BackendError::Redis { op: "DEL", source })
+    }
+}
+
+/// The waits of one backend and its clones: the awaited ids and the one subscriber task.
+#[derive(Default)]
+struct Hub {
+    waiters: Arc<Waiters>,
+    /// Tells the subscriber which ids to look at again; `None` until the first wait. The
+    /// subscriber ends once every sender is gone (the backend's last clone and its waiters).
+    subscriber: Mutex<Option<mpsc::UnboundedSender<String>>>,
+}
+
+impl Hub {
+    fn join(&self, backend: &RedisBackend, task_id: &str) -> Waiter {
+        let tx = self.subscriber(backend);
+        let waiter = self.waiters.join(task_id, Some(tx.clone()));
+        // After joining, so the subscriber finds the id awaited.
+        let _ = tx.send(task_id.to_owned());
+        waiter
+    }
+
+    /// The running subscriber, started now if there is none (or its runtime has gone).
+    fn subscriber(&self, backend: &RedisBackend) -> mpsc::UnboundedSender<String> {
+        let mut slot = self.subscriber.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(subscribe(
+            backend.client.clone(),
+            backend.conn.clone(),
+            self.waiters.clone(),
+            rx,
+        ));
+        *slot = Some(tx.clone());
+        tx
+    }
+}
+
+/// The longest pause between two reconnection attempts of the subscriber.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Channels per SUBSCRIBE / UNSUBSCRIBE / MGET command.
+const BATCH: usize = 512;
+
+/// The subscriber: one pub/sub connection for every awaited id of a backend.
+///
+/// `touched` names ids whose waiters came or went. For each, the subscriber brings the
+/// subscription in line with whether the id is still awaited and, if it is, reads the key
+/// once the subscription is confirmed, so a result stored before is found. After a lost
+/// connection it reconnects with backoff and does the same for every awaited id.
+async fn subscribe(
+    client: redis::Client,
+    mut conn: ConnectionManager,
+    waiters: Arc<Waiters>,
+    mut touched: mpsc::UnboundedReceiver<String>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "result subscriber cannot connect");
+                if !pause(&mut touched, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, mut messages) = pubsub.split();
+        let mut subscribed = HashSet::new();
+        let mut todo: HashSet<String> = waiters.ids().into_iter().collect();
+        let lost = loop {
+            while let Ok(id) = touched.try_recv() {
+                todo.insert(id);
+            }
+            if !todo.is_empty() {
+                let ids = std::mem::take(&mut todo);
+                if let Err(error) = sync(&mut sink, &mut conn, &waiters, &mut subscribed, ids).await
+                {
+                    break error;
+                }
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                id = touched.recv() => match id {
+                    Some(id) => { todo.insert(id); }
+                    None => return,
+                },
+                msg = messages.next() => match msg {
+                    Some(msg) => deliver(&waiters, &msg),
+                    None => break std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the subscriber connection closed",
+                    ).into(),
+                },
+            }
+        };
+        tracing::warn!(error = %lost, retry_in = ?backoff, "result subscriber lost its connection; reconnecting");
+        if !pause(&mut touched, &mut backoff).await {
+            return;
+        }
+    }
+}
+
+/// Sleep `backoff` (then double it); `false` when nobody can wait any more.
+async fn pause(touched: &mut mpsc::UnboundedReceiver<String>, backoff: &mut Duration) -> bool {
+    let sleep = tokio::time::sleep(*backoff);
+    tokio::pin!(sleep);
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return true,
+            // Every awaited id is looked at after reconnecting anyway.
+            id = touched.recv() => if id.is_none() { return false },
+        }
+    }
+}
+
+/// Subscribe to the touched ids still awaited, unsubscribe from the others, then read the
+/// keys of the awaited ones.
+async fn sync(
+    sink: &mut PubSubSink,
+    conn: &mut ConnectionManager,
+    waiters: &Waiters,
+    subscribed: &mut HashSet<String>,
+    ids: HashSet<String>,
+) -> Result<(), redis::RedisError> {
+    let (awaited, gone): (Vec<String>, Vec<String>) =
+        ids.into_iter().partition(|id| waiters.contains(id));
+    let to_subscribe: Vec<&String> = awaited
+        .iter()
+        .filter(|id| !subscribed.contains(*id))
+        .collect();
+    for chunk in to_subscribe.chunks(BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
+        // Returns once Redis has confirmed every channel.
+        sink.subscribe(&keys).await?;
+        subscribed.extend(chunk.iter().map(|id| (*id).clone()));
+    }
+    let to_unsubscribe: Vec<&String> = gone.iter().filter(|id| subscribed.contains(*id)).collect();
+    for chunk in to_unsubscribe.chunks(BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
+        sink.unsubscribe(&keys).await?;
+        for id in chunk {
+            subscribed.remove(*id);
+        }
+    }
+    for chunk in awaited.chunks(BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+        for (id, value) in chunk.iter().zip(values) {
+            if let Some(bytes) = value {
+                wake(waiters, id, &bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn deliver(waiters: &Waiters, msg: &redis::Msg) {
+    if let Some(id) = msg.get_channel_name().strip_prefix(TASK_KEY_PREFIX) {
+        wake(waiters, id, msg.get_payload_bytes());
+    }
+}
+
+/// Wake the waiters of `task_id` if `bytes` is a ready state (STARTED, RETRY: keep waiting).
+fn wake(waiters: &Waiters, task_id: &str, bytes: &[u8]) {
+    match ResultMeta::from_slice(bytes) {
+        Ok(meta) if meta.is_ready() => {
+            waiters.wake(task_id, &meta);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(task_id, %error, "cannot read a pushed result; still waiting");
+        }
     }
 }

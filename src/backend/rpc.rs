@@ -15,11 +15,23 @@
 //! correlation id, so `AsyncResult.get()` is pushed, never polled. The messages go through
 //! the worker's broker (on RabbitMQ with publisher confirms). A task sent without a
 //! `reply_to` has nowhere to report to; like Celery, its outcome is not sent.
+//!
+//! The calling side: every [`RpcBackend`] has its own reply queue ([`RpcBackend::reply_queue`],
+//! a uuid4, to be put in the `reply_to` of each task message sent). One consumer, started
+//! by [`RpcBackend::listen`] (or the first wait), takes every reply arriving there (no_ack,
+//! like Celery) and hands it to the waiters of its correlation id. A reply nobody awaits
+//! yet is kept (Celery's `_out_of_band`), so waiting after the result arrived still finds
+//! it. Only AMQP brokers carry replies here.
 
+use super::waiters::Waiters;
 use super::{BackendError, BackendOptions};
 use crate::broker::AnyBroker;
+use crate::broker::amqp::reply::ReplyConsumer;
 use crate::protocol::{RawMessage, ResultMeta, Serializer};
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Where the RPC backend sends a task's result: from the task message's properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,25 +59,182 @@ impl ReplyTo {
     }
 }
 
-/// The `rpc://` backend: publishes results through a broker.
+/// The `rpc://` backend: publishes results through a broker, and receives the replies
+/// to the tasks sent with its [`RpcBackend::reply_queue`]. Clones share the reply queue.
 #[derive(Clone)]
 pub struct RpcBackend {
     broker: AnyBroker,
     opts: BackendOptions,
+    replies: Arc<Replies>,
 }
 
 impl std::fmt::Debug for RpcBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcBackend")
             .field("broker", &self.broker.describe())
+            .field("reply_queue", &self.replies.queue)
             .finish_non_exhaustive()
     }
 }
 
+/// How many results already handed to a waiter are still kept for [`RpcBackend::get`].
+const TAKEN_KEPT: usize = 4096;
+
+/// The reply queue and what arrived on it.
+struct Replies {
+    queue: String,
+    state: Arc<ReplyState>,
+    /// The consumer, once started; dropping it (with the last clone) stops it.
+    consumer: tokio::sync::OnceCell<ReplyConsumer>,
+}
+
+#[derive(Default)]
+struct ReplyState {
+    kept: Mutex<Kept>,
+    waiters: Arc<Waiters>,
+}
+
+/// The latest state per task id. A ready state stays until a waiter took it, and then
+/// while it is among the last [`TAKEN_KEPT`] taken.
+#[derive(Default)]
+struct Kept {
+    latest: HashMap<String, ResultMeta>,
+    taken: VecDeque<String>,
+    taken_set: HashSet<String>,
+}
+
+impl Kept {
+    fn mark_taken(&mut self, task_id: &str) {
+        if self.taken_set.insert(task_id.to_owned()) {
+            self.taken.push_back(task_id.to_owned());
+        }
+        while self.taken.len() > TAKEN_KEPT {
+            if let Some(old) = self.taken.pop_front() {
+                self.taken_set.remove(&old);
+                self.latest.remove(&old);
+            }
+        }
+    }
+}
+
+impl ReplyState {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A reply arrived: keep it, and wake the waiters of its task if it is ready.
+    fn on_reply(&self, msg: &RawMessage) {
+        let meta = match ResultMeta::from_slice(&msg.body) {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a reply on the rpc:// reply queue; dropped");
+                return;
+            }
+        };
+        // Celery matches replies by correlation id, falling back to the body's task id.
+        let task_id = msg
+            .properties
+            .get("correlation_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&meta.task_id)
+            .to_owned();
+        let mut kept = self.kept();
+        // A ready state is final: a late STARTED or RETRY does not hide it.
+        if kept.latest.get(&task_id).is_some_and(ResultMeta::is_ready) && !meta.is_ready() {
+            return;
+        }
+        if meta.is_ready() {
+            // Under the lock, so a waiter either finds it kept or is woken.
+            self.waiters.wake(&task_id, &meta);
+        }
+        kept.latest.insert(task_id, meta);
+    }
+}
+
 impl RpcBackend {
-    /// Results go out through `broker` (Celery uses the app's broker connection too).
+    /// Results go out through `broker` (Celery uses the app's broker connection too); replies
+    /// to the tasks this side sends come back on a new reply queue.
     pub fn new(broker: AnyBroker, opts: BackendOptions) -> RpcBackend {
-        RpcBackend { broker, opts }
+        RpcBackend {
+            broker,
+            opts,
+            replies: Arc::new(Replies {
+                queue: uuid::Uuid::new_v4().to_string(),
+                state: Arc::default(),
+                consumer: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// The queue replies come back on: the `reply_to` of every task message sent by this
+    /// side (Celery's `app.thread_oid`).
+    pub fn reply_queue(&self) -> &str {
+        &self.replies.queue
+    }
+
+    /// Declare the reply queue and start consuming it, once; later calls return at once.
+    /// Call it before sending the first task, as Celery declares the queue before each
+    /// publish: a reply sent to a queue that does not exist yet is lost.
+    pub async fn listen(&self) -> Result<(), BackendError> {
+        let AnyBroker::Amqp(broker) = &self.broker else {
+            return Err(BackendError::Unsupported {
+                url: "rpc://".into(),
+                reason: format!(
+                    "rpc:// replies can be awaited only through an AMQP broker (amqp://, \
+                     amqps://), not {}; use a redis:// result backend instead",
+                    self.broker.describe()
+                ),
+            });
+        };
+        let replies = &self.replies;
+        replies
+            .consumer
+            .get_or_try_init(|| async {
+                let state = replies.state.clone();
+                broker
+                    .consume_replies(&replies.queue, self.opts.result_expires, move |msg| {
+                        state.on_reply(&msg)
+                    })
+                    .await
+                    .map_err(|source| BackendError::Listen {
+                        queue: replies.queue.clone(),
+                        source: Box::new(source),
+                    })
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Wait until a ready state of the task arrives on the reply queue, or was kept from
+    /// before; `Ok(None)` when `timeout` passes first.
+    pub async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ResultMeta>, BackendError> {
+        self.listen().await?;
+        let state = &self.replies.state;
+        let mut waiter = {
+            let mut kept = state.kept();
+            if let Some(meta) = kept.latest.get(task_id).filter(|m| m.is_ready()) {
+                let meta = meta.clone();
+                kept.mark_taken(task_id);
+                return Ok(Some(meta));
+            }
+            state.waiters.join(task_id, None)
+        };
+        let Ok(meta) = tokio::time::timeout(timeout, waiter.ready()).await else {
+            return Ok(None);
+        };
+        state.kept().mark_taken(task_id);
+        Ok(Some(meta))
+    }
+
+    /// The latest state of the task that arrived on the reply queue, `None` when none did
+    /// (PENDING to Celery).
+    pub fn get(&self, task_id: &str) -> Option<ResultMeta> {
+        self.replies.state.kept().latest.get(task_id).cloned()
     }
 
     /// The message Celery's RPC backend publishes for `meta`.

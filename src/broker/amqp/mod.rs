@@ -20,6 +20,7 @@
 //!   [`DEAD_LETTER_KEY`] with its reason in the headers, confirmed, and only then acked.
 
 mod fields;
+pub mod reply;
 
 use super::url::AmqpUrl;
 use super::{
@@ -332,6 +333,17 @@ impl AmqpBroker {
             .map_err(amqp_err("queue.purge"))?;
         let _ = conn.close(200, "done".into()).await;
         Ok(n as usize)
+    }
+
+    /// Declare the `rpc://` reply queue `queue` as Celery does and pass every message that
+    /// arrives there to `on_reply`, until the returned consumer is dropped ([`reply`]).
+    pub async fn consume_replies(
+        &self,
+        queue: &str,
+        expires: Option<Duration>,
+        on_reply: impl Fn(RawMessage) + Send + Sync + 'static,
+    ) -> Result<reply::ReplyConsumer, BrokerError> {
+        reply::consume(self, queue, expires, on_reply).await
     }
 
     /// Messages ready in `queue` (a passive declare; not counting unacknowledged ones).
