@@ -1,7 +1,7 @@
 //! Celeriac's client calls tasks on a real Python Celery 5.7 worker
-//! (`celery -A pytasks worker -Q py`), over Redis and over RabbitMQ, with results in the
-//! Redis backend (database 1, flushed first). Redis, RabbitMQ or the venv missing is a
-//! failure, never a skip. Both brokers run in one test, one after the other, so they never
+//! (`celery -A pytasks worker -Q py`): over Redis and over RabbitMQ with results in the
+//! Redis backend (database 1, flushed first), and over RabbitMQ with `rpc://`. Redis, RabbitMQ or the venv missing is a
+//! failure, never a skip. The three run in one test, one after the other, so they never
 //! share the database at the same time.
 
 mod common;
@@ -26,11 +26,11 @@ fn args(values: &[Value]) -> Vec<Value> {
     values.to_vec()
 }
 
-async fn scenarios(broker: &str) {
-    let worker = PythonWorker::start("pytasks", QUEUE, broker, BACKEND, 8);
+async fn scenarios(broker: &str, backend: &str) {
+    let worker = PythonWorker::start("pytasks", QUEUE, broker, backend, 8);
     let client = Client::connect(ClientConfig {
         broker_url: broker.into(),
-        result_backend: Some(BACKEND.into()),
+        result_backend: Some(backend.into()),
         default_queue: QUEUE.into(),
         ..ClientConfig::default()
     })
@@ -239,14 +239,16 @@ async fn scenarios(broker: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_calls_a_python_worker_over_redis_and_rabbitmq() {
+async fn the_client_calls_a_python_worker_over_redis_and_rabbitmq_with_redis_and_rpc_results() {
     let redis_client = redis::Client::open(BACKEND).unwrap();
     let mut conn = redis_client
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("Redis must run at 127.0.0.1:6379: {e}"));
     let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-    scenarios(BACKEND).await;
+    scenarios(BACKEND, BACKEND).await;
     let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-    scenarios(&amqp_url()).await;
+    scenarios(&amqp_url(), BACKEND).await;
+    // Results pushed to this client's reply queue by the Python worker's RPC backend.
+    scenarios(&amqp_url(), "rpc://").await;
 }

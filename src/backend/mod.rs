@@ -298,11 +298,15 @@ impl AnyBackend {
         }
     }
 
-    /// Remove a stored result (Celery's `forget`); nothing to do without results or with
-    /// `rpc://`, which stores nothing.
+    /// Remove a stored result (Celery's `forget`; `rpc://`: what this process kept of the
+    /// task's replies).
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         match self {
-            Self::Disabled | Self::Rpc(_) => Ok(()),
+            Self::Disabled => Ok(()),
+            Self::Rpc(b) => {
+                b.forget(task_id);
+                Ok(())
+            }
             Self::Memory(b) => {
                 b.forget(task_id);
                 Ok(())

@@ -38,6 +38,9 @@ pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
 /// The largest value Celery's Redis backend will store (`_MAX_STR_VALUE_SIZE`, 512 MiB).
 const MAX_VALUE_SIZE: usize = 512 * 1024 * 1024;
 
+/// How long one command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the first connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,7 +81,11 @@ impl RedisBackend {
             url: masked.clone(),
             reason: e.to_string(),
         })?;
-        let config = ConnectionManagerConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT));
+        // redis-rs answers a command that takes longer than 500 ms with an error by default;
+        // on a loaded machine that would lose a result, so allow as long as the broker does.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|source| BackendError::Connect {

@@ -237,6 +237,15 @@ impl RpcBackend {
         self.replies.state.kept().latest.get(task_id).cloned()
     }
 
+    /// Drop what is kept of a task's replies (Celery's `forget` of the RPC backend).
+    pub fn forget(&self, task_id: &str) {
+        let mut kept = self.replies.state.kept();
+        kept.latest.remove(task_id);
+        if kept.taken_set.remove(task_id) {
+            kept.taken.retain(|t| t != task_id);
+        }
+    }
+
     /// The message Celery's RPC backend publishes for `meta`.
     pub fn reply_message(
         &self,

@@ -24,8 +24,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not yet here (issue 4 continues): typed call stubs from `#[task]`, one shared Redis
-//! subscription for many awaited results, awaiting `rpc://` results, and revoke.
+//! Results are pushed: the Redis backend shares one subscription among every awaited
+//! result; with `rpc://` one consumer on the client's reply queue serves them all.
+//!
+//! Not yet here (issue 4 continues): typed call stubs from `#[task]`, and revoke.
 
 mod options;
 mod result;
@@ -110,12 +112,22 @@ impl Client {
             &broker,
         )
         .await?;
+        // Celery's `reply_to` is the app's oid, which the RPC backend's reply queue is named
+        // after; with rpc:// the queue is declared and consumed before anything is sent, so
+        // no reply can reach a queue that does not exist yet.
+        let oid = match &backend {
+            AnyBackend::Rpc(rpc) => {
+                rpc.listen().await?;
+                rpc.reply_queue().to_owned()
+            }
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 broker,
                 backend,
                 config,
-                oid: uuid::Uuid::new_v4().to_string(),
+                oid,
                 origin: format!("gen{}@{}", std::process::id(), crate::worker::host_name()),
                 declared: Mutex::new(HashSet::new()),
             }),
