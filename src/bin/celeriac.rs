@@ -172,12 +172,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     result.get::<Value>(seconds(timeout, "--timeout")?).await,
                 ));
             }
-            let state = result.state().await?;
-            if !state.is_ready() {
-                eprintln!("{}", state.as_str());
-                return Ok(TIMED_OUT);
+            match result.poll::<Value>().await? {
+                Some(outcome) => Ok(report(outcome)),
+                None => {
+                    eprintln!("{}", result.state().await?.as_str());
+                    Ok(TIMED_OUT)
+                }
             }
-            Ok(report(result.get::<Value>(Duration::ZERO).await))
         }
         Command::Purge { queues, force } => {
             if !force {

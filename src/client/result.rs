@@ -113,7 +113,12 @@ impl AsyncResult {
 
     /// Wait (pushed by the backend, not polled) until the task finishes, then return its
     /// value as `T`, or its exception as [`ResultError::Failed`] / [`ResultError::Revoked`].
+    ///
+    /// A result that is already stored is returned at once, whatever the timeout (even zero).
     pub async fn get<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, ResultError> {
+        if let Some(done) = self.poll().await? {
+            return done;
+        }
         let meta =
             self.backend
                 .wait(&self.id, timeout)
@@ -123,6 +128,18 @@ impl AsyncResult {
                     after: timeout,
                 })?;
         self.outcome(meta)
+    }
+
+    /// The outcome if the task has finished (`None` while it has not), without waiting.
+    pub async fn poll<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Option<Result<T, ResultError>>, ResultError> {
+        Ok(self
+            .backend
+            .get(&self.id)
+            .await?
+            .filter(|m| m.status.is_ready())
+            .map(|m| self.outcome(m)))
     }
 
     fn outcome<T: DeserializeOwned>(&self, meta: ResultMeta) -> Result<T, ResultError> {
