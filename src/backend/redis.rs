@@ -180,7 +180,7 @@ impl RedisBackend {
     /// does; `Ok(None)` when `timeout` passes first.
     ///
     /// All waits of a backend (and its clones) share one subscriber connection: see
-    /// [`Subscriber`].
+    /// the subscriber task in this module.
     pub async fn wait(
         &self,
         task_id: &str,

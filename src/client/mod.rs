@@ -1,6 +1,6 @@
 //! Calling tasks: send a task message (to a Python or a Rust worker) and await its result.
 //!
-//! The client uses the same codec ([`crate::protocol::encode`]) and the same brokers and
+//! The client uses the same codec ([`crate::protocol::encode()`]) and the same brokers and
 //! backends as the worker, and writes what Celery 5.7's `send_task` / `apply_async` writes:
 //! the same headers, properties and routing (checked against captures of real Celery).
 //!

@@ -294,7 +294,7 @@ impl TaskHeaders {
     /// The header map in Celery's order, as `as_task_v2` builds it: `lang` defaults to
     /// `"py"` and `root_id` to the task id (Celery's own defaults), other unset values are
     /// written as `null`, times in Python's `isoformat()`, then every extra header.
-    /// `argsrepr`/`kwargsrepr` are written as they are; [`crate::protocol::encode`] fills
+    /// `argsrepr`/`kwargsrepr` are written as they are; [`crate::protocol::encode()`] fills
     /// them in first.
     pub fn to_map(&self) -> Map<String, Value> {
         let s = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));

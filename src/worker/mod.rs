@@ -1,5 +1,5 @@
 //! The worker: consume from the broker, run each message through the
-//! [pipeline](pipeline), and shut down gracefully.
+//! pipeline (`worker/pipeline.rs`), and shut down gracefully.
 //!
 //! The library installs no signal handlers: [`Worker::run`] takes the shutdown signal as a
 //! future, and binaries decide what triggers it (the interop worker uses SIGTERM/SIGINT).
