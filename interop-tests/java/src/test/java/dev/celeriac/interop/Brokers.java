@@ -54,4 +54,31 @@ public final class Brokers {
             // already gone: nothing to clean
         }
     }
+
+    /**
+     * A test class's teardown: stop the worker (SIGTERM, exit code 0 required), then, whatever
+     * happened, kill it if still running, close {@code others} in order, delete the class's
+     * queue and exchange, and close the connection.
+     */
+    public static void tearDown(InteropWorker worker, Connection connection, String queue,
+            AutoCloseable... others) throws Exception {
+        try {
+            if (worker != null) {
+                worker.stop();
+            }
+        } finally {
+            if (worker != null) {
+                worker.close();
+            }
+            for (AutoCloseable other : others) {
+                if (other != null) {
+                    other.close();
+                }
+            }
+            deleteQueueAndExchange(connection, queue);
+            if (connection != null) {
+                connection.close();
+            }
+        }
+    }
 }

@@ -69,25 +69,9 @@ class CeleryJavaClientTest {
 
     @AfterAll
     void stopWorker() throws Exception {
-        try {
-            if (worker != null) {
-                worker.stop();
-            }
-        } finally {
-            if (worker != null) {
-                worker.close();
-            }
-            for (Celery c : extraClients) {
-                c.close();
-            }
-            if (client != null) {
-                client.close();
-            }
-            Brokers.deleteQueueAndExchange(connection, queue);
-            if (connection != null) {
-                connection.close();
-            }
-        }
+        List<AutoCloseable> clients = new ArrayList<>(extraClients);
+        clients.add(client);
+        Brokers.tearDown(worker, connection, queue, clients.toArray(AutoCloseable[]::new));
     }
 
     /** A celery-java client on the test queue; its rpc:// backend is the same vhost. */

@@ -51,25 +51,7 @@ class RpcBackendTest {
 
     @AfterAll
     void stopWorker() throws Exception {
-        try {
-            if (worker != null) {
-                worker.stop();
-            }
-        } finally {
-            if (worker != null) {
-                worker.close();
-            }
-            if (results != null) {
-                results.close();
-            }
-            if (publisher != null) {
-                publisher.close();
-            }
-            Brokers.deleteQueueAndExchange(connection, queue);
-            if (connection != null) {
-                connection.close();
-            }
-        }
+        Brokers.tearDown(worker, connection, queue, results, publisher);
     }
 
     private boolean noopAnswers() {
