@@ -142,6 +142,17 @@ impl AmqpBroker {
             })
     }
 
+    /// A new connection and a channel on it; every AMQP task of the broker (publishing,
+    /// consuming, replies, inspection) has its own.
+    async fn open_channel(&self, role: &str) -> Result<(Connection, Channel), BrokerError> {
+        let conn = self.open(role).await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp_err("channel.open"))?;
+        Ok((conn, ch))
+    }
+
     /// The publishing channel, (re)opened when there is none or it was lost.
     async fn publisher(&self) -> Result<Channel, BrokerError> {
         let mut slot = self.inner.publisher.lock().await;
@@ -149,11 +160,7 @@ impl AmqpBroker {
             return Ok(ch.clone());
         }
         *slot = None;
-        let conn = self.open("publisher").await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(amqp_err("channel.open"))?;
+        let (_conn, ch) = self.open_channel("publisher").await?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp_err("confirm.select"))?;
@@ -319,11 +326,7 @@ impl AmqpBroker {
     /// Remove every ready message from `queue` (`queue.purge`); returns how many there
     /// were. A queue that does not exist is an error.
     pub async fn purge(&self, queue: &str) -> Result<usize, BrokerError> {
-        let conn = self.open("purge").await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(amqp_err("channel.open"))?;
+        let (conn, ch) = self.open_channel("purge").await?;
         let n = ch
             .queue_purge(
                 short(queue, "queue name")?,
@@ -348,11 +351,7 @@ impl AmqpBroker {
 
     /// Messages ready in `queue` (a passive declare; not counting unacknowledged ones).
     pub async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
-        let conn = self.open("inspect").await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(amqp_err("channel.open"))?;
+        let (conn, ch) = self.open_channel("inspect").await?;
         let q = ch
             .queue_declare(
                 short(queue, "queue name")?,
@@ -402,11 +401,7 @@ impl Session {
         queues: &[String],
         prefetch: u16,
     ) -> Result<Session, BrokerError> {
-        let conn = broker.open("consumer").await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(amqp_err("channel.open"))?;
+        let (_conn, ch) = broker.open_channel("consumer").await?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(amqp_err("basic.qos"))?;

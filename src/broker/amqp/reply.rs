@@ -53,11 +53,7 @@ async fn open(
     queue: &str,
     expires: Option<Duration>,
 ) -> Result<(lapin::Channel, lapin::Consumer), BrokerError> {
-    let conn = broker.open("replies").await?;
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(amqp_err("channel.open"))?;
+    let (_conn, ch) = broker.open_channel("replies").await?;
     ch.queue_declare(
         short(queue, "queue name")?,
         QueueDeclareOptions {
