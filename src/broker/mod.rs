@@ -274,6 +274,28 @@ pub struct BrokerOptions {
     pub bindings: Vec<QueueBinding>,
 }
 
+impl BrokerOptions {
+    /// How `queue` is bound: its [`QueueBinding`]s, or Celery's default (the direct exchange
+    /// of the queue's name, routing key = queue name).
+    pub fn bindings_for(&self, queue: &str) -> Vec<QueueBinding> {
+        let custom: Vec<QueueBinding> = self
+            .bindings
+            .iter()
+            .filter(|b| b.queue == queue)
+            .cloned()
+            .collect();
+        if !custom.is_empty() {
+            return custom;
+        }
+        vec![QueueBinding {
+            queue: queue.to_owned(),
+            exchange: queue.to_owned(),
+            exchange_type: ExchangeType::Direct,
+            routing_key: queue.to_owned(),
+        }]
+    }
+}
+
 impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {

@@ -277,26 +277,15 @@ impl RedisBroker {
     /// `_kombu.binding_permanent.<q>`).
     ///
     /// A queue with [`QueueBinding`](super::QueueBinding)s in the options is bound to those
-    /// exchanges with those keys instead (kombu's `routing_key, pattern, queue` member; every
-    /// exchange routes as direct here, so a topic pattern only matches itself).
+    /// exchanges with those keys instead (kombu's `routing_key, pattern, queue` member; the
+    /// pattern field stays empty, and [`RedisBroker::publish`] matches topic patterns itself).
     pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        let mut bindings: Vec<(&str, &str)> = self
-            .inner
-            .opts
-            .bindings
-            .iter()
-            .filter(|b| b.queue == queue)
-            .map(|b| (b.exchange.as_str(), b.routing_key.as_str()))
-            .collect();
-        if bindings.is_empty() {
-            bindings.push((queue, queue));
-        }
         let mut pipe = ::redis::pipe();
-        for (exchange, routing_key) in bindings {
-            let member = format!("{routing_key}{SEP}{SEP}{queue}");
-            pipe.sadd(format!("{BINDING_PREFIX}{exchange}"), &member)
+        for b in self.inner.opts.bindings_for(queue) {
+            let member = format!("{}{SEP}{SEP}{queue}", b.routing_key);
+            pipe.sadd(format!("{BINDING_PREFIX}{}", b.exchange), &member)
                 .ignore()
-                .sadd(format!("{BINDING_PERMANENT_PREFIX}{exchange}"), &member)
+                .sadd(format!("{BINDING_PERMANENT_PREFIX}{}", b.exchange), &member)
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.conn())

@@ -4,7 +4,7 @@
 //! * **Topology.** For each queue `Q` consumed: a durable direct exchange `Q`, a durable
 //!   queue `Q` bound to it with routing key `Q` (Celery's default for `celery` and for
 //!   every queue it creates from `-Q`), or the exchanges and keys of its
-//!   [`QueueBinding`]s (Celery's `task_queues`). Queue arguments come from [`BrokerOptions`]:
+//!   [`QueueBinding`](super::QueueBinding)s (Celery's `task_queues`). Queue arguments come from [`BrokerOptions`]:
 //!   `x-max-priority` and `x-queue-type: quorum`. They must match what the queue already
 //!   has; RabbitMQ refuses a mismatch and the error says so.
 //! * **Consuming.** One connection and one channel per consumer, `basic.qos(prefetch)`
@@ -24,8 +24,7 @@ pub mod reply;
 
 use super::url::AmqpUrl;
 use super::{
-    Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, QueueBinding,
-    QueueType,
+    Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, QueueType,
 };
 use crate::protocol::RawMessage;
 use fields::short;
@@ -227,30 +226,12 @@ impl AmqpBroker {
     }
 
     /// Declare queue `name` as Celery's worker does: the durable queue with the configured
-    /// arguments, bound to the exchanges of its [`QueueBinding`]s, or by default to a durable
+    /// arguments, bound to the exchanges of its [`QueueBinding`](super::QueueBinding)s, or by default to a durable
     /// direct exchange of the same name with routing key `name`.
     async fn declare(&self, ch: &Channel, name: &str) -> Result<(), BrokerError> {
         self.declare_queue_with(ch, name, self.queue_arguments())
             .await?;
-        let custom: Vec<&QueueBinding> = self
-            .inner
-            .opts
-            .bindings
-            .iter()
-            .filter(|b| b.queue == name)
-            .collect();
-        let default = QueueBinding {
-            queue: name.to_owned(),
-            exchange: name.to_owned(),
-            exchange_type: ExchangeType::Direct,
-            routing_key: name.to_owned(),
-        };
-        let bindings = if custom.is_empty() {
-            vec![&default]
-        } else {
-            custom
-        };
-        for b in bindings {
+        for b in self.inner.opts.bindings_for(name) {
             let kind = match b.exchange_type {
                 ExchangeType::Direct => ExchangeKind::Direct,
                 ExchangeType::Topic => ExchangeKind::Topic,
