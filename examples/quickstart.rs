@@ -5,8 +5,7 @@
 //! cargo run --example quickstart
 //! ```
 
-use celeriac::backend::AnyBackend;
-use celeriac::protocol::{self, TaskMessage};
+use celeriac::client::{Client, ClientConfig, ResultError, SendOptions};
 use celeriac::task;
 use celeriac::task::TaskError;
 use celeriac::worker::{Worker, WorkerConfig};
@@ -35,61 +34,57 @@ fn greet(name: String, shout: Option<bool>) -> Result<String, TaskError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = WorkerConfig {
+    let worker = Worker::connect(WorkerConfig {
         broker_url: "memory://quickstart".into(),
         result_backend: Some("memory://quickstart".into()),
         concurrency: 2,
         ..WorkerConfig::default()
-    };
-    let worker = Worker::connect(config).await?;
+    })
+    .await?;
     println!("{}", worker.banner());
-    let broker = worker.broker().clone();
-    let AnyBackend::Memory(results) = worker.backend().clone() else {
-        unreachable!("memory:// backend")
-    };
-
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {
         let _ = stopped.await;
     }));
 
-    // What a Python client's `.delay()` would send, built by hand (the client API comes later).
-    let calls = [
-        ("tasks.add", json!([2, 3]), json!({})),
-        ("tasks.greet", json!(["celery"]), json!({"shout": true})),
-        ("tasks.greet", json!([""]), json!({})),
-        ("tasks.add", json!(["two", 3]), json!({})),
-        ("tasks.missing", json!([]), json!({})),
-    ];
-    for (i, (name, args, kwargs)) in calls.iter().enumerate() {
-        let id = format!("00000000-0000-4000-8000-{i:012}");
-        let args = args.as_array().cloned().unwrap_or_default();
-        let kwargs: Map<_, _> = kwargs.as_object().cloned().unwrap_or_default();
-        let msg = TaskMessage::new(*name, &id, args, kwargs);
-        broker
-            .publish(&protocol::encode(&msg)?, "", "celery")
-            .await?;
-        let meta = results
-            .wait(&id, Duration::from_secs(10))
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
-        println!(
-            "{name}{} -> {} {}",
-            msg_args(&msg),
-            meta.status.as_str(),
-            meta.result
-        );
-    }
+    // A client on the same in-process broker and backend (it would be a Redis or RabbitMQ
+    // URL in another process, or a Python client calling `add.delay(2, 3)`).
+    let client = Client::connect(ClientConfig {
+        broker_url: "memory://quickstart".into(),
+        result_backend: Some("memory://quickstart".into()),
+        ..ClientConfig::default()
+    })
+    .await?;
+    let wait = Duration::from_secs(10);
+
+    // Typed calls through the stubs `#[task]` wrote: `add::new` takes the task's parameters.
+    let sum = client.send(&add::new(2, 3)).await?.get(wait).await?;
+    println!("tasks.add(2, 3) -> SUCCESS {sum}");
+    let hello = client.send(&greet::new("celery".into(), Some(true))).await?;
+    println!("tasks.greet('celery', shout=True) -> SUCCESS {}", hello.get(wait).await?);
+    let refused = client.send(&greet::new(String::new(), None)).await?;
+    report("tasks.greet('')", refused.get(wait).await);
+
+    // Untyped calls, as any client may send them: wrong arguments, an unknown task.
+    let bad = client
+        .send_task("tasks.add", vec![json!("two"), json!(3)], Map::new(), &SendOptions::new())
+        .await?;
+    report("tasks.add('two', 3)", bad.get(wait).await);
+    let missing = client
+        .send_task("tasks.missing", vec![], Map::new(), &SendOptions::new())
+        .await?;
+    report("tasks.missing()", missing.get(wait).await);
 
     let _ = stop.send(());
     running.await??;
     Ok(())
 }
 
-fn msg_args(msg: &TaskMessage) -> String {
-    format!(
-        "({}, {})",
-        serde_json::Value::from(msg.args.clone()),
-        serde_json::Value::from(msg.kwargs.clone())
-    )
+/// Prints a call's outcome: its value, or the exception as Python would show it.
+fn report<T: std::fmt::Debug>(call: &str, outcome: Result<T, ResultError>) {
+    match outcome {
+        Ok(value) => println!("{call} -> SUCCESS {value:?}"),
+        Err(ResultError::Failed { failure, .. }) => println!("{call} -> FAILURE {failure}"),
+        Err(other) => println!("{call} -> {other}"),
+    }
 }

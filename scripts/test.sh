@@ -3,7 +3,7 @@
 #
 # On a fresh Debian machine (root, CI=true, no stdin) it installs what is missing, then
 #   1. builds the Rust interop worker (release),
-#   2. runs `cargo test --workspace`,
+#   2. runs `cargo test --workspace`, then the README's first command (the quickstart example),
 #   3. runs the pytest interop suite against that worker (Redis, RabbitMQ + Redis, RabbitMQ + rpc://),
 #   4. runs the Java interop tests (Maven) against that worker.
 # Every stage is announced; a failing stage stops the run with a non-zero exit code.
@@ -187,6 +187,19 @@ cargo build --release -p interop-tests --bin interop-worker
 
 stage "cargo test --workspace"
 cargo test --workspace
+
+stage "the README's first command: cargo run --example quickstart"
+quickstart_out=$(cargo run -q --example quickstart)
+printf '%s\n' "$quickstart_out"
+# Each call the example makes must have been answered as the README says.
+for expected in "tasks.add(2, 3) -> SUCCESS 5" "-> SUCCESS HELLO, CELERY" \
+    "-> FAILURE ValueError: name must not be empty" "-> FAILURE TypeError:" \
+    "tasks.missing() -> FAILURE NotRegistered"; do
+    if ! grep -qF -- "$expected" <<<"$quickstart_out"; then
+        echo "quickstart did not print: $expected" >&2
+        false
+    fi
+done
 
 stage "pytest interop suite against the Rust worker"
 INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \

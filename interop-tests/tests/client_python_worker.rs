@@ -48,7 +48,7 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap();
-    let started: Result<i64, _> = ready.get(Duration::from_secs(90)).await;
+    let started: Result<i64, _> = ready.typed().get(Duration::from_secs(90)).await;
     assert_eq!(
         started.ok(),
         Some(0),
@@ -66,6 +66,7 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap()
+        .typed()
         .get(RESULT_TIMEOUT)
         .await
         .unwrap();
@@ -77,6 +78,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .send_task("pytasks.mul", vec![], kwargs, &none)
         .await
         .unwrap()
+        .typed()
         .get(RESULT_TIMEOUT)
         .await
         .unwrap();
@@ -87,6 +89,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .send_task("pytasks.echo", vec![value.clone()], Map::new(), &none)
         .await
         .unwrap()
+        .typed()
         .get(RESULT_TIMEOUT)
         .await
         .unwrap();
@@ -96,6 +99,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .send_task("pytasks.echo", vec![json!(big)], Map::new(), &none)
         .await
         .unwrap()
+        .typed()
         .get(RESULT_TIMEOUT)
         .await
         .unwrap();
@@ -109,6 +113,7 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap()
+        .typed()
         .get(RESULT_TIMEOUT)
         .await
         .unwrap();
@@ -119,7 +124,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .send_task("pytasks.fail", vec![json!("boom")], Map::new(), &none)
         .await
         .unwrap();
-    match failed.get::<Value>(RESULT_TIMEOUT).await {
+    match failed.get(RESULT_TIMEOUT).await {
         Err(ResultError::Failed { failure, .. }) => {
             assert_eq!(
                 (failure.exc_type.as_str(), failure.exc_module.as_str()),
@@ -141,7 +146,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .send_task("pytasks.nope", vec![], Map::new(), &none)
         .await
         .unwrap()
-        .get::<Value>(RESULT_TIMEOUT)
+        .get(RESULT_TIMEOUT)
         .await
     {
         Err(ResultError::Failed { failure, .. }) => assert_eq!(failure.exc_type, "NotRegistered"),
@@ -159,7 +164,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .await
         .unwrap();
     assert!(matches!(
-        orphan.get::<i64>(Duration::from_millis(500)).await,
+        orphan.typed::<i64>().get(Duration::from_millis(500)).await,
         Err(ResultError::Timeout { .. })
     ));
     assert_eq!(orphan.state().await.unwrap(), TaskState::Pending);
@@ -175,7 +180,7 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(later.get::<i64>(RESULT_TIMEOUT).await.unwrap(), 3);
+    assert_eq!(later.typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(), 3);
     assert!(
         sent.elapsed() >= Duration::from_millis(1900),
         "ran {:?} after sending with a 2 s countdown",
@@ -191,7 +196,7 @@ async fn scenarios(broker: &str, backend: &str) {
         .await
         .unwrap();
     // On RabbitMQ the message TTL (0) may drop it instead: then nothing is ever stored.
-    match expired.get::<i64>(Duration::from_secs(10)).await {
+    match expired.typed::<i64>().get(Duration::from_secs(10)).await {
         Err(ResultError::Revoked { .. }) => {}
         Err(ResultError::Timeout { .. }) if broker.starts_with("amqp") => {}
         other => panic!("an expired task must not run: {other:?}"),
@@ -207,7 +212,7 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(forgotten.get::<i64>(RESULT_TIMEOUT).await.unwrap(), 10);
+    assert_eq!(forgotten.typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(), 10);
     forgotten.forget().await.unwrap();
     assert_eq!(forgotten.state().await.unwrap(), TaskState::Pending);
 
@@ -225,7 +230,7 @@ async fn scenarios(broker: &str, backend: &str) {
                 )
                 .await
                 .unwrap();
-            (i, r.get::<i64>(Duration::from_secs(120)).await)
+            (i, r.typed::<i64>().get(Duration::from_secs(120)).await)
         });
     }
     let mut ok = 0;

@@ -1,21 +1,24 @@
-//! Expansion: the user's function unchanged, plus a hidden runner and its registration.
+//! Expansion: the user's function unchanged, its call stub, and a hidden runner with its
+//! registration.
 //!
-//! Everything generated sits in `const _: () = { ... };` and names the runtime only through
-//! `::celeriac::__private`, so it neither adds names to the user's module nor depends on
-//! the user's imports. Type checks are spanned at the user's types so a compile error
+//! The runner sits in `const _: () = { ... };`. The one name added to the user's module is
+//! the call stub, a struct named like the function (the type namespace, so the function
+//! keeps its name), which is what `add::new(2, 3)` needs. Everything names the runtime only
+//! through `::celeriac::__private`, so nothing depends on the user's imports. Type checks are spanned at the user's types so a compile error
 //! points at the parameter or return type that does not fit.
 
 use crate::validate::{Output, Param, TaskFn};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ItemFn;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 /// The function followed by its registration.
 pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
     let rt = quote!(::celeriac::__private);
     let ident = &task.ident;
-    let fn_name = ident.to_string();
+    let fn_name = ident.unraw().to_string();
 
     let mut param_table = Vec::new();
     let mut takes = Vec::new();
@@ -24,7 +27,9 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
     let request = syn::Ident::new("__celeriac_request", Span::call_site());
     for p in &task.params {
         match p {
-            Param::Value { name, ty, optional } => {
+            Param::Value {
+                name, ty, optional, ..
+            } => {
                 let index = param_table.len();
                 let ty_text = type_text(ty);
                 param_table
@@ -128,8 +133,12 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    let stub = stub(task);
+
     quote! {
         #func
+
+        #stub
 
         // The options use struct update syntax on purpose (new options must not break
         // existing expansions), which clippy would flag in the user's crate.
@@ -159,6 +168,69 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+/// The call stub: a braced struct named like the function (so it lives in the type
+/// namespace and leaves the function callable), whose `new` takes the task's parameters and
+/// builds a `Signature` typed by what the task returns: `add::new(2, 3)`.
+///
+/// The `Serialize` bounds on the parameters are written with a binder (`for<'a> T: ..`), so
+/// rustc checks them where `new` is called rather than here: a task whose parameter type is
+/// only `Deserialize` still compiles, and only calling its stub is an error.
+fn stub(task: &TaskFn) -> TokenStream {
+    let rt = quote!(::celeriac::__private);
+    let ident = &task.ident;
+    let vis = &task.vis;
+    let fn_name = ident.unraw().to_string();
+    let (idents, types): (Vec<_>, Vec<_>) = task
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            Param::Value { ident, ty, .. } => Some((ident, ty)),
+            Param::Request { .. } => None,
+        })
+        .unzip();
+    let output = match &task.output {
+        Output::Unit => quote!(()),
+        Output::Value(ty) => quote!(#ty),
+        Output::Result { ok: Some(ok), .. } => quote!(#ok),
+        Output::Result { ty, ok: None, .. } => quote!(<#ty as #rt::ResultOk>::Ok),
+    };
+    let name = match &task.args.name {
+        Some(lit) => quote!(::std::string::String::from(#lit)),
+        None => quote!(#rt::task_name(::core::module_path!(), #fn_name)),
+    };
+    let doc_struct = format!(
+        "The call stub of the task [`{fn_name}()`]: `{fn_name}::new(..)` takes the task's \
+         parameters and builds the signature a `celeriac::client::Client` sends."
+    );
+    let doc_new = format!(
+        "A call of the task `{fn_name}` with these arguments, typed by its result; send it \
+         with `Client::send`."
+    );
+    quote! {
+        #[doc = #doc_struct]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #ident {
+            _stub: (),
+        }
+
+        #[allow(dead_code, clippy::new_ret_no_self, clippy::too_many_arguments)]
+        impl #ident {
+            /// The task's Celery name.
+            #vis fn name() -> ::std::string::String {
+                #name
+            }
+
+            #[doc = #doc_new]
+            #vis fn new(#(#idents: #types),*) -> #rt::Signature<#output>
+            where
+                #(for<'__celeriac> #types: #rt::StubArg,)*
+            {
+                #rt::Signature::new(Self::name())#(.arg(#idents))*.returns::<#output>()
+            }
+        }
     }
 }
 

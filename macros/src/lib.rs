@@ -57,6 +57,23 @@ use proc_macro::TokenStream;
 /// the Python exception class). A return type is treated as a `Result` when its last path
 /// segment is `Result`.
 ///
+/// # Call stub
+///
+/// Beside the function the macro writes one more item of the same name and visibility:
+/// a struct (it lives in the type namespace, so the function stays callable) whose
+/// `new` takes the task's parameters, `&Request` left out, and returns a
+/// `celeriac::canvas::Signature` typed by what the task returns:
+///
+/// ```ignore
+/// let sig: Signature<i64> = add::new(2, 3);      // checked like a call of `add`
+/// let sum = client.send(&sig).await?.get(timeout).await?;   // an i64
+/// assert_eq!(add::name(), "interop.add");
+/// ```
+///
+/// The arguments are sent positionally, as Python's `add.delay(2, 3)` sends them. The stub
+/// needs every argument type to implement `serde::Serialize`; that bound is checked where
+/// `new` is called, so a task whose parameter types are only `Deserialize` still compiles.
+///
 /// # Async and blocking
 ///
 /// An `async fn` runs on the Tokio runtime; a plain `fn` runs on the blocking thread pool

@@ -12,6 +12,8 @@ use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType,
 pub struct TaskFn {
     /// The function's name.
     pub ident: Ident,
+    /// The function's visibility, which its call stub shares.
+    pub vis: syn::Visibility,
     /// `async fn` or a plain (blocking) fn.
     pub is_async: bool,
     /// The parameters in order.
@@ -28,6 +30,8 @@ pub enum Param {
     Value {
         /// Its keyword name (raw identifiers unescaped).
         name: String,
+        /// Its name as written (without `mut`), for the call stub's parameter.
+        ident: Ident,
         /// Its type.
         ty: Box<Type>,
         /// `Option<T>`: may be left out.
@@ -125,6 +129,7 @@ pub fn task_fn(func: &ItemFn, args: TaskArgs) -> syn::Result<TaskFn> {
     }
     Ok(TaskFn {
         ident: sig.ident.clone(),
+        vis: func.vis.clone(),
         is_async: sig.asyncness.is_some(),
         params,
         output,
@@ -150,8 +155,8 @@ fn param(pat: &Pat, ty: &Type) -> syn::Result<Param> {
             "a #[task] parameter cannot be `impl Trait` (that makes the function generic): use a concrete serde type",
         ));
     }
-    let name = match pat {
-        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.unraw().to_string(),
+    let ident = match pat {
+        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
         other => {
             return Err(syn::Error::new(
                 other.span(),
@@ -160,7 +165,8 @@ fn param(pat: &Pat, ty: &Type) -> syn::Result<Param> {
         }
     };
     Ok(Param::Value {
-        name,
+        name: ident.unraw().to_string(),
+        ident,
         optional: option_inner(ty).is_some(),
         ty: Box::new(ty.clone()),
     })

@@ -162,17 +162,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             Ok(report(
-                result.get::<Value>(seconds(timeout, "--timeout")?).await,
+                result.get(seconds(timeout, "--timeout")?).await,
             ))
         }
         Command::Result { id, wait, timeout } => {
             let result = client.result(&id);
             if wait {
                 return Ok(report(
-                    result.get::<Value>(seconds(timeout, "--timeout")?).await,
+                    result.get(seconds(timeout, "--timeout")?).await,
                 ));
             }
-            match result.poll::<Value>().await? {
+            match result.poll().await? {
                 Some(outcome) => Ok(report(outcome)),
                 None => {
                     eprintln!("{}", result.state().await?.as_str());

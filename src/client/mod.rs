@@ -6,6 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use celeriac::canvas::Signature;
 //! use celeriac::client::{Client, ClientConfig, SendOptions};
 //! use serde_json::json;
 //! use std::time::Duration;
@@ -16,18 +17,25 @@
 //!     ..ClientConfig::default()
 //! })
 //! .await?;
+//! // Typed: the signature says what the result is read as.
+//! let add = Signature::new("pytasks.add").arg(2).arg(3).returns::<i64>();
+//! let sum = client.send(&add.with_options(SendOptions::new().queue("py"))).await?;
+//! assert_eq!(sum.get(Duration::from_secs(10)).await?, 5);
+//!
+//! // Untyped: JSON values in, a JSON value out.
 //! let result = client
-//!     .send_task("pytasks.add", vec![json!(2), json!(3)], Default::default(), &SendOptions::new().queue("py"))
+//!     .send_task("pytasks.echo", vec![json!({"a": [1]})], Default::default(), &SendOptions::new().queue("py"))
 //!     .await?;
-//! let sum: i64 = result.get(Duration::from_secs(10)).await?;
-//! assert_eq!(sum, 5);
+//! assert_eq!(result.get(Duration::from_secs(10)).await?, json!({"a": [1]}));
 //! # Ok(()) }
 //! ```
 //!
 //! Results are pushed: the Redis backend shares one subscription among every awaited
 //! result; with `rpc://` one consumer on the client's reply queue serves them all.
 //!
-//! Not yet here (issue 4 continues): typed call stubs from `#[task]`, and revoke.
+//! For a Rust task, the call stub `#[task]` writes beside the function checks the arguments
+//! at compile time and types the result: `client.send(&add::new(2, 3))` (see
+//! [`Client::send`] and [`crate::canvas::Signature`]).
 
 mod options;
 mod result;
@@ -35,6 +43,7 @@ mod result;
 pub use options::SendOptions;
 pub use result::{AsyncResult, ResultError, TaskFailure};
 
+use crate::canvas::Signature;
 use crate::backend::{AnyBackend, BackendError, BackendOptions};
 use crate::broker::{AnyBroker, BrokerError, BrokerOptions};
 use crate::protocol::{self, EncodeError, Serializer, TaskMessage, kombu};
@@ -82,6 +91,15 @@ pub enum ClientError {
     /// The message could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An argument of a [`Signature`] could not be serialized.
+    #[error("an argument of task {task} cannot be serialized: {source}")]
+    Arguments {
+        /// The task's name.
+        task: String,
+        /// What serde reported.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
 }
 
 /// A connected client: cheap to clone, safe to share between tasks.
@@ -239,8 +257,45 @@ impl Client {
         Ok(())
     }
 
-    /// The result of the task with this id (sent by anyone).
+    /// The result of the task with this id (sent by anyone), read as a JSON value; see
+    /// [`AsyncResult::typed`] to read it as another type.
     pub fn result(&self, id: &str) -> AsyncResult {
         AsyncResult::new(id.to_owned(), self.inner.backend.clone())
+    }
+
+    /// Send a [`Signature`] (Celery's `sig.apply_async()`), for example the one a `#[task]`
+    /// call stub builds; the result is read as the signature's type.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: celeriac::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use celeriac::client::SendOptions;
+    /// use std::time::Duration;
+    ///
+    /// #[celeriac::task(name = "math.add")]
+    /// async fn add(x: i64, y: i64) -> i64 {
+    ///     x + y
+    /// }
+    ///
+    /// // `add::new` is the stub `#[task]` wrote: its parameters are the task's.
+    /// let sig = add::new(2, 3).with_options(SendOptions::new().queue("rust"));
+    /// let sum: i64 = client.send(&sig).await?.get(Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send<R>(&self, sig: &Signature<R>) -> Result<AsyncResult<R>, ClientError> {
+        if let Some(source) = sig.invalid_argument() {
+            return Err(ClientError::Arguments {
+                task: sig.name().to_owned(),
+                source: source.clone(),
+            });
+        }
+        let sent = self
+            .send_task(
+                sig.name(),
+                sig.args().to_vec(),
+                sig.kwargs().clone(),
+                sig.options(),
+            )
+            .await?;
+        Ok(sent.typed())
     }
 }

@@ -4,6 +4,7 @@ use crate::backend::{AnyBackend, BackendError};
 use crate::protocol::{ExceptionInfo, ResultMeta, TaskState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 /// How a task failed, as the worker stored it (Celery's exception fields).
@@ -80,21 +81,58 @@ pub enum ResultError {
     Backend(#[from] BackendError),
 }
 
-/// A sent task's result. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AsyncResult {
+/// A sent task's result, read as `R` ([`serde_json::Value`] unless the call was typed: see
+/// [`Client::send`](super::Client::send) and [`AsyncResult::typed`]). Cheap to clone.
+pub struct AsyncResult<R = Value> {
     id: String,
     backend: AnyBackend,
+    // The result is not owned here: `fn() -> R` keeps the handle `Send + Sync + Clone`.
+    result: PhantomData<fn() -> R>,
 }
 
-impl AsyncResult {
-    pub(crate) fn new(id: String, backend: AnyBackend) -> AsyncResult {
-        AsyncResult { id, backend }
+impl AsyncResult<Value> {
+    pub(crate) fn new(id: String, backend: AnyBackend) -> AsyncResult<Value> {
+        AsyncResult {
+            id,
+            backend,
+            result: PhantomData,
+        }
     }
+}
 
+impl<R> Clone for AsyncResult<R> {
+    fn clone(&self) -> Self {
+        AsyncResult {
+            id: self.id.clone(),
+            backend: self.backend.clone(),
+            result: PhantomData,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("id", &self.id)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> AsyncResult<R> {
     /// The task id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The same result, read as `T`: for a task sent untyped, e.g.
+    /// `client.result(id).typed::<i64>()`. A cheap clone.
+    pub fn typed<T>(&self) -> AsyncResult<T> {
+        AsyncResult {
+            id: self.id.clone(),
+            backend: self.backend.clone(),
+            result: PhantomData,
+        }
     }
 
     /// The latest state (PENDING when nothing is stored yet).
@@ -112,10 +150,13 @@ impl AsyncResult {
     }
 
     /// Wait (pushed by the backend, not polled) until the task finishes, then return its
-    /// value as `T`, or its exception as [`ResultError::Failed`] / [`ResultError::Revoked`].
+    /// value as `R`, or its exception as [`ResultError::Failed`] / [`ResultError::Revoked`].
     ///
     /// A result that is already stored is returned at once, whatever the timeout (even zero).
-    pub async fn get<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, ResultError> {
+    pub async fn get(&self, timeout: Duration) -> Result<R, ResultError>
+    where
+        R: DeserializeOwned,
+    {
         if let Some(done) = self.poll().await? {
             return done;
         }
@@ -131,9 +172,10 @@ impl AsyncResult {
     }
 
     /// The outcome if the task has finished (`None` while it has not), without waiting.
-    pub async fn poll<T: DeserializeOwned>(
-        &self,
-    ) -> Result<Option<Result<T, ResultError>>, ResultError> {
+    pub async fn poll(&self) -> Result<Option<Result<R, ResultError>>, ResultError>
+    where
+        R: DeserializeOwned,
+    {
         Ok(self
             .backend
             .get(&self.id)
@@ -142,7 +184,10 @@ impl AsyncResult {
             .map(|m| self.outcome(m)))
     }
 
-    fn outcome<T: DeserializeOwned>(&self, meta: ResultMeta) -> Result<T, ResultError> {
+    fn outcome(&self, meta: ResultMeta) -> Result<R, ResultError>
+    where
+        R: DeserializeOwned,
+    {
         let failure = |meta: &ResultMeta| {
             let exc = ExceptionInfo::from_value(&meta.result).ok();
             Box::new(TaskFailure {

@@ -50,6 +50,13 @@ pub struct TaskEntry {
     pub options: TaskOptions,
 }
 
+/// The default Celery name of `fn_name` defined in `module_path` (a `module_path!()`):
+/// `a::b` and `add` give `a.b.add`. The registry and the `#[task]` call stubs both use it,
+/// so a stub always sends the name the worker registered.
+pub fn task_name(module_path: &str, fn_name: &str) -> String {
+    format!("{}.{}", module_path.replace("::", "."), fn_name)
+}
+
 impl TaskEntry {
     /// The Celery name: the `name = "..."` given to `#[task]`, or by default the module
     /// path with `::` replaced by `.`, a `.`, and the function name (`fn add` at the root
@@ -58,7 +65,7 @@ impl TaskEntry {
     pub fn name(&self) -> String {
         match self.name {
             Some(name) => name.to_owned(),
-            None => format!("{}.{}", self.module_path.replace("::", "."), self.fn_name),
+            None => task_name(self.module_path, self.fn_name),
         }
     }
 

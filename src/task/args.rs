@@ -42,6 +42,26 @@ impl<T: DeserializeOwned> TaskParam for T {}
 pub trait TaskReturn: Serialize {}
 impl<T: Serialize + ?Sized> TaskReturn for T {}
 
+/// A type a call stub can send as an argument: anything serde can serialize. Task
+/// parameters only need `Deserialize`; this bound is checked where a stub is called.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent as a task argument: it does not implement `serde::Serialize`",
+    label = "not serializable",
+    note = "the call stub `task::new(..)` serializes its arguments into the message: derive `serde::Serialize` for `{Self}` (running the task only needs `Deserialize`)"
+)]
+pub trait StubArg: Serialize {}
+impl<T: Serialize> StubArg for T {}
+
+/// `T` of a `Result<T, E>` written without its arguments (an alias): what a call stub's
+/// signature is typed by.
+pub trait ResultOk {
+    /// The success type.
+    type Ok;
+}
+impl<T, E> ResultOk for Result<T, E> {
+    type Ok = T;
+}
+
 /// Assigns the received `args` and `kwargs` to a task's parameters.
 ///
 /// ```
