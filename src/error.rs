@@ -18,4 +18,7 @@ pub enum Error {
     /// The result backend failed.
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
+    /// The worker's state file (revoked ids) could not be used.
+    #[error(transparent)]
+    State(#[from] crate::worker::StateError),
 }

@@ -14,7 +14,7 @@ use celeriac::broker::AnyBroker;
 use celeriac::broker::memory::MemoryBroker;
 use celeriac::protocol::{self, RawMessage, ResultMeta, TaskMessage, TaskState};
 use celeriac::task::TaskError;
-use celeriac::worker::{Worker, WorkerConfig};
+use celeriac::worker::{RevokedIds, Worker, WorkerConfig};
 use chrono::{SubsecRound, Utc};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -109,6 +109,132 @@ fn explode(key: String) -> i64 {
     panic!("kaboom {key}")
 }
 
+/// Sleeps asynchronously; stopped by a 0.2 s hard time limit.
+#[celeriac::task(name = "wm.hard_limited", time_limit = 0.2)]
+async fn hard_limited(seconds: f64) -> f64 {
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
+/// Sleeps asynchronously, with no limit of its own.
+#[celeriac::task(name = "wm.nap")]
+async fn nap(seconds: f64) -> f64 {
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
+/// Blocks its thread for 1.5 s, then records `key`; its hard limit is 0.2 s.
+#[celeriac::task(name = "wm.blocking_limited", time_limit = 0.2)]
+fn blocking_limited(key: String) -> String {
+    std::thread::sleep(Duration::from_millis(1500));
+    RAN.lock().unwrap().insert(key.clone());
+    key
+}
+
+/// Stops cleanly at its soft limit (0.1 s) instead of working for 5 s.
+#[celeriac::task(name = "wm.soft_limited", soft_time_limit = 0.1, time_limit = 10)]
+async fn soft_limited(request: &Request) -> Result<String, TaskError> {
+    assert!(!request.soft_time_limit_exceeded());
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(5)) => Ok("worked".into()),
+        () = request.soft_time_limit() => {
+            assert!(request.soft_time_limit_exceeded());
+            Err(TaskError::soft_time_limit_exceeded())
+        }
+    }
+}
+
+/// Returns when it started (seconds since the epoch); at most 20 starts a second.
+#[celeriac::task(name = "wm.rate_limited", rate_limit = "20/s")]
+fn rate_limited() -> f64 {
+    Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+static AUTORETRY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Always fails with ConnectionError, which it retries by itself twice, 50 ms apart.
+#[celeriac::task(
+    name = "wm.autoretry",
+    autoretry_for = ["ConnectionError"],
+    max_retries = 2,
+    default_retry_delay = 0.05
+)]
+fn autoretry() -> Result<(), TaskError> {
+    AUTORETRY_CALLS.fetch_add(1, Ordering::SeqCst);
+    Err(TaskError::new("ConnectionError", "the peer went away"))
+}
+
+/// Fails with ConnectionError once, retried after the exponential backoff (1 s).
+#[celeriac::task(
+    name = "wm.backoff",
+    autoretry_for = ["Exception"],
+    retry_backoff = true,
+    retry_jitter = false
+)]
+fn backoff(request: &Request) -> Result<u32, TaskError> {
+    if request.retries == 0 {
+        return Err(TaskError::new("ConnectionError", "first try fails"));
+    }
+    Ok(request.retries)
+}
+
+/// Fails with a ValueError, which is not in its `autoretry_for`.
+#[celeriac::task(name = "wm.no_autoretry", autoretry_for = ["ConnectionError"])]
+fn no_autoretry() -> Result<(), TaskError> {
+    Err(TaskError::value_error("not retried"))
+}
+
+static REJECTS: AtomicU32 = AtomicU32::new(0);
+
+/// Rejects its message with requeue the first time, succeeds the second.
+#[celeriac::task(name = "wm.reject_once", acks_late = true)]
+fn reject_once(request: &Request) -> Result<bool, TaskError> {
+    if REJECTS.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(TaskError::reject("not yet", true));
+    }
+    Ok(request.delivery_info.redelivered)
+}
+
+/// Rejects its message for good.
+#[celeriac::task(name = "wm.reject_drop", acks_late = true)]
+fn reject_drop() -> Result<(), TaskError> {
+    Err(TaskError::reject("never", false))
+}
+
+static TIMEOUTS: AtomicU32 = AtomicU32::new(0);
+
+/// Times out the first time; acks-late with `acks_on_failure_or_timeout = false`, so the
+/// timed-out message is requeued and runs again.
+#[celeriac::task(
+    name = "wm.timeout_requeue",
+    acks_late = true,
+    acks_on_failure_or_timeout = false,
+    time_limit = 0.1
+)]
+async fn timeout_requeue() -> u32 {
+    let n = TIMEOUTS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == 1 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    n
+}
+
+/// Stores no result of its own.
+#[celeriac::task(name = "wm.quiet", ignore_result = true)]
+fn quiet(key: String) -> String {
+    RAN.lock().unwrap().insert(key.clone());
+    key
+}
+
+/// Stores STARTED though the worker does not track starts.
+#[celeriac::task(name = "wm.tracked", track_started = true)]
+async fn tracked(key: String) -> String {
+    let g = gate(&key);
+    g.entered.notify_one();
+    g.release.notified().await;
+    key
+}
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
@@ -118,6 +244,7 @@ struct Harness {
     mem: MemoryBroker,
     results: MemoryBackend,
     hostname: String,
+    revoked: RevokedIds,
     stop: Option<oneshot::Sender<()>>,
     running: JoinHandle<Result<(), celeriac::Error>>,
 }
@@ -145,6 +272,7 @@ async fn start(name: &str, tune: impl FnOnce(&mut WorkerConfig)) -> Harness {
     let AnyBackend::Memory(results) = worker.backend().clone() else {
         panic!("memory:// backend expected")
     };
+    let revoked = worker.revoked().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {
         let _ = stopped.await;
@@ -154,6 +282,7 @@ async fn start(name: &str, tune: impl FnOnce(&mut WorkerConfig)) -> Harness {
         mem,
         results,
         hostname,
+        revoked,
         stop: Some(stop),
         running,
     }
@@ -488,5 +617,251 @@ async fn panicking_task_fails_and_the_next_one_runs() {
     let meta = h.wait(&next).await;
     assert_eq!(meta.status, TaskState::Success);
     assert_eq!(meta.result, json!("panic-next"));
+    h.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Execution semantics: time limits, rate limits, automatic retries, rejection,
+// revocation, per-task result options.
+// ---------------------------------------------------------------------------
+
+fn exc_of(meta: &ResultMeta) -> (String, String, Value) {
+    (
+        meta.result["exc_type"].as_str().unwrap_or_default().to_owned(),
+        meta.result["exc_module"].as_str().unwrap_or_default().to_owned(),
+        meta.result["exc_message"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_time_limit_fails_async_tasks_with_time_limit_exceeded() {
+    let h = start("hard-limit", |c| c.concurrency = 4).await;
+    // The task's own limit (0.2 s).
+    let slow = h.send("wm.hard_limited", json!([5.0])).await;
+    let fast = h.send("wm.hard_limited", json!([0.01])).await;
+    // The message's `timelimit` header wins over the task's.
+    let mut msg = message("wm.hard_limited", json!([0.15]));
+    msg.headers.timelimit = (Some(0.05), None);
+    h.publish(&msg).await;
+    // The worker's default applies to a task with none.
+    let napping = h.send("wm.nap", json!([5.0])).await;
+
+    let timed_out = h.wait(&slow).await;
+    assert_eq!(timed_out.status, TaskState::Failure);
+    assert_eq!(
+        exc_of(&timed_out),
+        ("TimeLimitExceeded".into(), "billiard.exceptions".into(), json!([0.2]))
+    );
+    assert_eq!(h.wait(&fast).await.result, json!(0.01));
+    let by_header = h.wait(&msg.headers.id).await;
+    assert_eq!(exc_of(&by_header).2, json!([0.05]), "the header's limit wins");
+    let napped = h.wait(&napping).await;
+    assert_eq!(
+        (napped.status, napped.result.clone()),
+        (TaskState::Success, json!(5.0)),
+        "no worker limit set here: the nap finishes"
+    );
+    h.shutdown().await;
+
+    let h = start("worker-limit", |c| c.time_limit = Some(Duration::from_millis(100))).await;
+    let napping = h.send("wm.nap", json!([5.0])).await;
+    assert_eq!(exc_of(&h.wait(&napping).await).2, json!([0.1]));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_time_limit_frees_the_slot_of_a_blocking_task() {
+    // One slot: the next task can only run once the timed-out one gave its slot back.
+    let h = start("blocking-limit", |c| c.prefetch_multiplier = 2).await;
+    let blocked = h.send("wm.blocking_limited", json!(["blocking-limit-thread"])).await;
+    let next = h.send("wm.record", json!(["blocking-limit-next"])).await;
+    assert_eq!(exc_of(&h.wait(&blocked).await).0, "TimeLimitExceeded");
+    assert_eq!(h.wait(&next).await.status, TaskState::Success);
+    // The blocking thread could not be stopped: it was still sleeping when the next task
+    // ran, and finishes on its own later (its outcome is dropped).
+    assert!(!ran("blocking-limit-thread"), "the next task waited for the thread");
+    eventually("the abandoned thread finishes", || ran("blocking-limit-thread")).await;
+    assert_eq!(
+        exc_of(&h.results.get(&blocked).unwrap()).0,
+        "TimeLimitExceeded",
+        "the late outcome does not overwrite the stored failure"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_time_limit_is_visible_to_the_task() {
+    let h = start("soft-limit", |_| {}).await;
+    let id = h.send("wm.soft_limited", json!([])).await;
+    let meta = h.wait(&id).await;
+    assert_eq!(
+        exc_of(&meta),
+        ("SoftTimeLimitExceeded".into(), "billiard.exceptions".into(), json!([]))
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_spaces_starts_and_drops_nothing() {
+    let h = start("rate-limit", |c| c.concurrency = 4).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(h.send("wm.rate_limited", json!([])).await);
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        let meta = h.wait(id).await;
+        assert_eq!(meta.status, TaskState::Success, "delayed, never dropped");
+        starts.push(meta.result.as_f64().unwrap());
+    }
+    starts.sort_by(f64::total_cmp);
+    // 20/s: starts at least 50 ms apart (a little slack for clock rounding).
+    for pair in starts.windows(2) {
+        assert!(pair[1] - pair[0] >= 0.045, "starts too close: {starts:?}");
+    }
+    assert!(starts[9] - starts[0] >= 0.44, "{starts:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoretry_for_retries_then_stores_the_original_error() {
+    let h = start("autoretry", |_| {}).await;
+    let id = h.send("wm.autoretry", json!([])).await;
+    let meta = h.wait(&id).await;
+    assert_eq!(
+        exc_of(&meta),
+        ("ConnectionError".into(), "builtins".into(), json!(["the peer went away"]))
+    );
+    assert_eq!(AUTORETRY_CALLS.load(Ordering::SeqCst), 3, "the call and two retries");
+
+    // An error not listed fails at once.
+    let id = h.send("wm.no_autoretry", json!([])).await;
+    assert_eq!(exc_of(&h.wait(&id).await).0, "ValueError");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_backoff_delays_the_automatic_retry() {
+    let h = start("backoff", |_| {}).await;
+    let sent = std::time::Instant::now();
+    let id = h.send("wm.backoff", json!([])).await;
+    let retry = h
+        .results
+        .wait_for(&id, WAIT, |m| m.status == TaskState::Retry)
+        .await
+        .expect("RETRY stored");
+    assert_eq!(exc_of(&retry).0, "ConnectionError");
+    let meta = h.wait(&id).await;
+    assert_eq!((meta.status, meta.result), (TaskState::Success, json!(1)));
+    // factor 1 s * 2 ** 0, no jitter: the retry ran no earlier than a second later.
+    assert!(sent.elapsed() >= Duration::from_millis(950), "{:?}", sent.elapsed());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_can_reject_its_message_with_or_without_requeue() {
+    let h = start("reject", |_| {}).await;
+    let id = h.send("wm.reject_once", json!([])).await;
+    let meta = h.wait(&id).await;
+    assert_eq!(
+        (meta.status, meta.result),
+        (TaskState::Success, json!(true)),
+        "requeued, then redelivered (and marked so) and run again"
+    );
+    let id = h.send("wm.reject_drop", json!([])).await;
+    let meta = h.wait(&id).await;
+    assert_eq!(
+        exc_of(&meta),
+        ("Reject".into(), "celery.exceptions".into(), json!(["never", false]))
+    );
+    eventually("the dropped message is settled", || h.mem.unacked_len() == 0).await;
+    assert_eq!(h.mem.queue_len("celery"), 0, "dropped, not requeued");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_not_to_be_acked_is_requeued_and_runs_again() {
+    let h = start("timeout-requeue", |_| {}).await;
+    let id = h.send("wm.timeout_requeue", json!([])).await;
+    let meta = h.wait(&id).await;
+    assert_eq!((meta.status, meta.result), (TaskState::Success, json!(2)));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_ids_are_not_run_and_survive_a_restart_through_the_state_file() {
+    let state = std::env::temp_dir().join(format!("wm-state-{}.json", uuid::Uuid::new_v4()));
+    let h = start("revoked", |c| c.state_db = Some(state.clone())).await;
+    let msg = message("wm.record", json!(["revoked-never-runs"]));
+    h.revoked.revoke([msg.headers.id.clone()]).unwrap();
+    h.publish(&msg).await;
+    let meta = h.wait(&msg.headers.id).await;
+    assert_eq!(meta.status, TaskState::Revoked);
+    assert_eq!(
+        exc_of(&meta),
+        ("TaskRevokedError".into(), "celery.exceptions".into(), json!(["revoked"]))
+    );
+    let later = message("wm.record", json!(["revoked-after-restart"]));
+    h.revoked.revoke([later.headers.id.clone()]).unwrap();
+    h.shutdown().await;
+
+    // A new worker reads the state file: the revocation still holds.
+    let h = start("revoked-again", |c| c.state_db = Some(state.clone())).await;
+    assert!(h.revoked.contains(&later.headers.id));
+    h.publish(&later).await;
+    assert_eq!(h.wait(&later.headers.id).await.status, TaskState::Revoked);
+    let other = h.send("wm.record", json!(["not-revoked"])).await;
+    assert_eq!(h.wait(&other).await.status, TaskState::Success);
+    assert!(!ran("revoked-never-runs") && !ran("revoked-after-restart"));
+    h.shutdown().await;
+    std::fs::remove_file(&state).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_extended_stores_the_request() {
+    let h = start("extended", |c| c.result_extended = true).await;
+    let id = h.send("wm.record", json!(["extended"])).await;
+    let meta = h.wait(&id).await;
+    let ext = meta.extended.expect("extended fields stored");
+    assert_eq!(ext.name, "wm.record");
+    assert_eq!(ext.args, json!(["extended"]));
+    assert_eq!(ext.kwargs, json!({}));
+    assert_eq!(ext.worker, h.hostname);
+    assert_eq!(ext.retries, 0);
+    assert_eq!(ext.queue, "celery");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_options_ignore_result_and_track_started() {
+    // One slot, one prefetched message: the second runs only after the first ended.
+    let h = start("task-options", |c| c.prefetch_multiplier = 1).await;
+    // As `send_task` sends it: `ignore_result: null` leaves it to the task.
+    let mut quiet_msg = message("wm.quiet", json!(["task-options-quiet"]));
+    quiet_msg.headers.ignore_result = None;
+    h.publish(&quiet_msg).await;
+    let quiet = quiet_msg.headers.id;
+    let after = h.send("wm.record", json!(["task-options-after"])).await;
+    assert_eq!(h.wait(&after).await.status, TaskState::Success);
+    assert!(ran("task-options-quiet"));
+    assert_eq!(h.results.get(&quiet), None, "ignore_result = true stores nothing");
+    // The message's header wins: `ignore_result: false` (what `apply_async` of a task
+    // that does not ignore results sends) stores it after all.
+    let mut msg = message("wm.quiet", json!(["task-options-loud"]));
+    msg.headers.ignore_result = Some(false);
+    h.publish(&msg).await;
+    assert_eq!(h.wait(&msg.headers.id).await.status, TaskState::Success);
+
+    let key = "task-options-tracked";
+    let id = h.send("wm.tracked", json!([key])).await;
+    let started = h
+        .results
+        .wait_for(&id, WAIT, |m| m.status == TaskState::Started)
+        .await
+        .expect("STARTED stored for a task with track_started = true");
+    assert_eq!(started.result["hostname"], json!(h.hostname));
+    wait_entered(key).await;
+    gate(key).release.notify_one();
+    assert_eq!(h.wait(&id).await.status, TaskState::Success);
     h.shutdown().await;
 }

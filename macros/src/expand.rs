@@ -7,6 +7,7 @@
 //! through `::celeriac::__private`, so nothing depends on the user's imports. Type checks are spanned at the user's types so a compile error
 //! points at the parameter or return type that does not fit.
 
+use crate::parse::{Backoff, Seconds, TaskArgs};
 use crate::validate::{Output, Param, TaskFn};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -128,10 +129,7 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
         None => quote!(::core::option::Option::None),
     };
-    let acks_late = match &task.args.acks_late {
-        Some(lit) => quote!(::core::option::Option::Some(#lit)),
-        None => quote!(::core::option::Option::None),
-    };
+    let options = options(&task.args);
 
     let stub = stub(task);
 
@@ -164,11 +162,75 @@ pub fn task(func: &ItemFn, task: &TaskFn) -> TokenStream {
                     module_path: ::core::module_path!(),
                     fn_name: #fn_name,
                     runner: #rt::Runner::#variant(__celeriac_run),
-                    options: #rt::TaskOptions { acks_late: #acks_late, ..#rt::TaskOptions::DEFAULT },
+                    options: #rt::TaskOptions { #options ..#rt::TaskOptions::DEFAULT },
                 }
             }
         };
     }
+}
+
+/// The `field: value,` list of the options given in the attribute (the rest come from
+/// `TaskOptions::DEFAULT`).
+fn options(args: &TaskArgs) -> TokenStream {
+    let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
+    let duration = |s: &Seconds| {
+        let nanos = s.nanos;
+        quote!(::core::time::Duration::from_nanos(#nanos))
+    };
+    let mut fields = Vec::new();
+    let mut set = |field: &str, value: Option<TokenStream>| {
+        if let Some(value) = value {
+            let field = syn::Ident::new(field, Span::call_site());
+            fields.push(quote!(#field: #value,));
+        }
+    };
+    let flag = |lit: &Option<syn::LitBool>| lit.as_ref().map(|b| some(quote!(#b)));
+    set("acks_late", flag(&args.acks_late));
+    set("retry_jitter", flag(&args.retry_jitter));
+    set("ignore_result", flag(&args.ignore_result));
+    set("track_started", flag(&args.track_started));
+    set("reject_on_worker_lost", flag(&args.reject_on_worker_lost));
+    set(
+        "acks_on_failure_or_timeout",
+        flag(&args.acks_on_failure_or_timeout),
+    );
+    set("max_retries", args.max_retries.map(|n| some(quote!(#n))));
+    set(
+        "default_retry_delay",
+        args.default_retry_delay.as_ref().map(|s| some(duration(s))),
+    );
+    set(
+        "retry_backoff_max",
+        args.retry_backoff_max.as_ref().map(|s| some(duration(s))),
+    );
+    set("time_limit", args.time_limit.as_ref().map(|s| some(duration(s))));
+    set(
+        "soft_time_limit",
+        args.soft_time_limit.as_ref().map(|s| some(duration(s))),
+    );
+    set(
+        "retry_backoff",
+        args.retry_backoff.as_ref().map(|b| match b {
+            // Celery's `retry_backoff = True` is a factor of one second.
+            Backoff::Flag(true) => some(quote!(::core::time::Duration::from_secs(1))),
+            Backoff::Flag(false) => quote!(::core::option::Option::None),
+            Backoff::Factor(s) => some(duration(s)),
+        }),
+    );
+    set(
+        "rate_limit",
+        args.rate_limit.as_ref().map(|r| {
+            let per_second = r.per_second;
+            some(quote!(::celeriac::__private::RateLimit { per_second: #per_second }))
+        }),
+    );
+    set(
+        "autoretry_for",
+        args.autoretry_for
+            .as_ref()
+            .map(|names| quote!(&[#(#names),*])),
+    );
+    quote!(#(#fields)*)
 }
 
 /// The call stub: a braced struct named like the function (so it lives in the type

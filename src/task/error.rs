@@ -74,6 +74,11 @@ pub enum TaskErrorKind {
     Failure,
     /// Publish the task again (Celery's `Task.retry`).
     Retry(RetryRequest),
+    /// Reject the message (Celery's `Reject`), requeueing it or not.
+    Reject {
+        /// Give it back to the queue (else drop it and store FAILURE).
+        requeue: bool,
+    },
 }
 
 /// The options of a retry request, as `Task.retry(exc=, countdown=, eta=, max_retries=)`
@@ -182,6 +187,42 @@ impl TaskError {
             exc_message: err.exc_message(),
             traceback: None,
             kind: TaskErrorKind::Failure,
+        }))
+    }
+
+    /// Celery's `SoftTimeLimitExceeded()` (`billiard.exceptions`), for a task that stops at
+    /// its soft time limit ([`Request::soft_time_limit`](crate::Request::soft_time_limit)).
+    pub fn soft_time_limit_exceeded() -> Self {
+        Self::new("SoftTimeLimitExceeded", "")
+            .with_module("billiard.exceptions")
+            .with_args(Vec::new())
+    }
+
+    /// Celery's `TimeLimitExceeded(seconds)` (`billiard.exceptions`): what the worker stores
+    /// when the hard time limit stops a task. Whole seconds are written as a Python int.
+    pub fn time_limit_exceeded(limit: Duration) -> Self {
+        let secs = limit.as_secs_f64();
+        let arg = if secs.fract() == 0.0 && secs <= u64::MAX as f64 {
+            Value::from(limit.as_secs())
+        } else {
+            Value::from(secs)
+        };
+        Self::new("TimeLimitExceeded", "")
+            .with_module("billiard.exceptions")
+            .with_args(vec![arg])
+    }
+
+    /// Celery's `Reject(reason, requeue)`: the task refuses its message. With `requeue`
+    /// the message goes back to the queue and nothing is stored; without, FAILURE
+    /// `Reject` is stored and the message is dropped.
+    pub fn reject(reason: impl Into<String>, requeue: bool) -> Self {
+        let reason = reason.into();
+        TaskError(Box::new(Inner {
+            exc_type: "Reject".to_owned(),
+            exc_module: "celery.exceptions".to_owned(),
+            exc_message: vec![Value::String(reason), Value::Bool(requeue)],
+            traceback: None,
+            kind: TaskErrorKind::Reject { requeue },
         }))
     }
 
@@ -324,7 +365,7 @@ impl TaskError {
     pub fn retry_request(&self) -> Option<&RetryRequest> {
         match &self.0.kind {
             TaskErrorKind::Retry(r) => Some(r),
-            TaskErrorKind::Failure => None,
+            TaskErrorKind::Failure | TaskErrorKind::Reject { .. } => None,
         }
     }
 

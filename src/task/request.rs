@@ -50,6 +50,11 @@ pub struct Request {
     /// The `ignore_result` header: `None` when the client left it to the task
     /// (`send_task` sends `null`).
     pub ignore_result: Option<bool>,
+    /// When the soft time limit in force passes (the message's, else the task's, else the
+    /// worker's); `None` without one. See [`Request::soft_time_limit`].
+    pub soft_deadline: Option<tokio::time::Instant>,
+    /// When the hard time limit in force stops the task; `None` without one.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl Request {
@@ -81,7 +86,37 @@ impl Request {
             headers: h.to_map(),
             timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
             ignore_result: h.ignore_result,
+            soft_deadline: None,
+            deadline: None,
         }
+    }
+
+    /// Completes when the soft time limit passes (never, without one): Celery raises
+    /// `SoftTimeLimitExceeded` inside the task at that moment; an async Rust task awaits
+    /// this instead, to clean up and return. The hard limit still stops it later.
+    ///
+    /// ```
+    /// use celeriac::Request;
+    /// use celeriac::task::TaskError;
+    ///
+    /// async fn crunch(request: &Request) -> Result<u64, TaskError> {
+    ///     tokio::select! {
+    ///         n = async { 42 } => Ok(n),
+    ///         () = request.soft_time_limit() => Err(TaskError::soft_time_limit_exceeded()),
+    ///     }
+    /// }
+    /// ```
+    pub async fn soft_time_limit(&self) {
+        match self.soft_deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the soft time limit has passed.
+    pub fn soft_time_limit_exceeded(&self) -> bool {
+        self.soft_deadline
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 }
 

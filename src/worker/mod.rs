@@ -15,6 +15,10 @@
 //! ```
 
 mod pipeline;
+mod rate;
+mod revoked;
+
+pub use revoked::{REVOKE_EXPIRES, REVOKES_MAX, RevokedIds, StateError};
 
 use crate::backend::{AnyBackend, BackendOptions};
 use crate::broker::{AnyBroker, BrokerOptions, QueueBinding, QueueType};
@@ -60,6 +64,15 @@ pub struct WorkerConfig {
     /// Queues bound to exchanges of their own (Celery's `task_queues`); the others are bound
     /// to the direct exchange of their own name.
     pub queue_bindings: Vec<QueueBinding>,
+    /// Hard time limit of tasks that set none (`task_time_limit`).
+    pub time_limit: Option<Duration>,
+    /// Soft time limit of tasks that set none (`task_soft_time_limit`).
+    pub soft_time_limit: Option<Duration>,
+    /// Store the task's name, args, kwargs, worker, retries and queue with its result
+    /// (`result_extended`).
+    pub result_extended: bool,
+    /// A file that keeps revoked task ids across restarts (Celery's `--statedb`).
+    pub state_db: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -80,6 +93,10 @@ impl Default for WorkerConfig {
             max_priority: None,
             broker_ca_file: None,
             queue_bindings: Vec::new(),
+            time_limit: None,
+            soft_time_limit: None,
+            result_extended: false,
+            state_db: None,
         }
     }
 }
@@ -99,6 +116,7 @@ pub struct Worker {
     broker: AnyBroker,
     backend: AnyBackend,
     registry: Arc<Registry>,
+    revoked: RevokedIds,
 }
 
 impl Worker {
@@ -127,12 +145,23 @@ impl Worker {
             &broker,
         )
         .await?;
+        let revoked = match &config.state_db {
+            Some(path) => RevokedIds::with_state_file(path)?,
+            None => RevokedIds::new(),
+        };
         Ok(Worker {
             config,
             broker,
             backend,
             registry,
+            revoked,
         })
+    }
+
+    /// The ids of revoked tasks: a message with one of these ids is not run, REVOKED is
+    /// stored instead. Remote control fills it; so can the program itself.
+    pub fn revoked(&self) -> &RevokedIds {
+        &self.revoked
     }
 
     /// The broker this worker consumes from (to publish to it from the same process).
@@ -187,6 +216,10 @@ impl Worker {
             hostname: c.hostname.clone(),
             acks_late: c.acks_late,
             track_started: c.track_started,
+            time_limits: (c.time_limit, c.soft_time_limit),
+            result_extended: c.result_extended,
+            revoked: self.revoked.clone(),
+            rate_limits: rate::RateLimits::default(),
             stop: tokio::sync::watch::channel(false).0,
         });
         tracing::info!(hostname = %c.hostname, queues = ?c.queues, "worker ready");

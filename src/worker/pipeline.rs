@@ -2,22 +2,31 @@
 //!
 //! 1. `protocol::decode`: a message that cannot be read is dead-lettered, never dropped;
 //! 2. registry lookup: an unknown name stores FAILURE `NotRegistered` and acks;
-//! 3. expired (`expires` in the past): REVOKED is stored and the message acked;
-//! 4. eta: wait for it (holding the delivery, not a concurrency slot);
+//! 3. expired (`expires` in the past) or revoked (its id in the revoked set): REVOKED is
+//!    stored and the message acked;
+//! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
+//!    concurrency slot);
 //! 5. take a concurrency slot; early ack (Celery's default) unless acks-late (a failed
 //!    early ack leaves the message to the broker, which delivers it again: it is not run);
-//! 6. `task::call` (argument binding happens in the task's runner; panics are caught);
-//! 7. outcome: retry republishes a copy, success/failure is stored (`rpc://`: sent to the
-//!    message's `reply_to` queue);
-//! 8. late ack.
+//! 6. `task::call` under the hard time limit (argument binding happens in the task's
+//!    runner; panics are caught);
+//! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
+//!    republishes a copy, a rejection requeues or drops the message, success/failure is
+//!    stored (`rpc://`: sent to the message's `reply_to` queue);
+//! 8. late ack (or, as Celery's `acks_on_failure_or_timeout` and `reject_on_worker_lost`
+//!    say, a requeue).
 
 use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
 use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage};
+use super::rate::RateLimits;
+use super::revoked::RevokedIds;
+use crate::protocol::result_meta::Extended;
 use crate::registry::{Registry, TaskEntry};
-use crate::task::{self, Invocation, Request, TaskError};
+use crate::task::{self, Invocation, Request, TaskError, TaskErrorKind};
 use chrono::Utc;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
 /// What every pipeline run shares.
@@ -30,6 +39,11 @@ pub(crate) struct Shared {
     pub hostname: String,
     pub acks_late: bool,
     pub track_started: bool,
+    /// The worker's `(hard, soft)` time limits, for tasks that set none.
+    pub time_limits: (Option<Duration>, Option<Duration>),
+    pub result_extended: bool,
+    pub revoked: RevokedIds,
+    pub rate_limits: RateLimits,
     /// Flips to `true` when the worker stops taking new work.
     pub stop: watch::Sender<bool>,
 }
@@ -60,16 +74,23 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     // 2. registry
     let Some(entry) = shared.registry.get(&name) else {
         tracing::error!(task = %name, id = %id, "received unregistered task");
-        let meta = failure_meta(&msg, ExceptionInfo::not_registered(&name), None);
+        let meta = shared.failure_meta(&msg, ExceptionInfo::not_registered(&name), None);
         store(&shared.backend, &meta, &msg).await;
         settle(delivery.ack().await);
         return;
     };
 
-    // 3. expired
-    if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
-        tracing::info!(task = %name, id = %id, "discarding expired task");
-        let meta = with_context(ResultMeta::revoked(&id, "expired"), &msg);
+    // 3. expired or revoked
+    let revoked = if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
+        Some("expired")
+    } else if shared.revoked.contains(&id) {
+        Some("revoked")
+    } else {
+        None
+    };
+    if let Some(reason) = revoked {
+        tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
+        let meta = shared.meta(ResultMeta::revoked(&id, reason), &msg);
         store(&shared.backend, &meta, &msg).await;
         settle(delivery.ack().await);
         return;
@@ -85,6 +106,18 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
+        }
+    }
+    if let Some(limit) = entry.options.rate_limit
+        && let Some(at) = shared.rate_limits.reserve(&name, limit)
+    {
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            () = stopped(&mut stop) => {
+                shared.rate_limits.release(&name, limit, at);
+                settle(delivery.restore().await);
+                return;
+            }
         }
     }
     let slot = tokio::select! {
@@ -106,48 +139,179 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         None
     };
 
-    let request = Arc::new(Request::from_message(&msg, &shared.hostname));
-    if shared.track_started && !ignores_result(&msg) {
-        let started = with_context(
+    // The message's limits win over the task's, which win over the worker's.
+    let (hard, soft) = time_limits(&msg, entry, shared.time_limits);
+    let mut request = Request::from_message(&msg, &shared.hostname);
+    let now = tokio::time::Instant::now();
+    request.deadline = hard.map(|d| now + d);
+    request.soft_deadline = soft.map(|d| now + d);
+    let track_started = entry.options.track_started.unwrap_or(shared.track_started);
+    if track_started && !ignores_result(&msg, Some(entry)) {
+        let started = shared.meta(
             ResultMeta::started(&id, &shared.hostname, std::process::id()),
             &msg,
         );
         store(&shared.backend, &started, &msg).await;
     }
 
-    // 6. call
+    // 6. call, under the hard time limit: an async task is cancelled at it; a blocking
+    // one cannot be, its thread runs on and its outcome is dropped (the slot is freed).
     tracing::debug!(task = %name, id = %id, "task started");
     let started_at = std::time::Instant::now();
-    let outcome = task::call::call(
+    let call = task::call::call(
         entry,
         Invocation {
             args: msg.args.clone(),
             kwargs: msg.kwargs.clone(),
-            request,
+            request: Arc::new(request),
         },
-    )
-    .await;
+    );
+    let outcome = match hard {
+        Some(limit) => tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(TaskError::time_limit_exceeded(limit))),
+        None => call.await,
+    };
     drop(slot);
 
-    // 7. outcome
-    match outcome {
+    // 7. outcome, and 8. what becomes of a late-acked message.
+    let settle_late = match outcome {
         Ok(value) => {
             tracing::info!(task = %name, id = %id, runtime = ?started_at.elapsed(), "task succeeded");
-            if !ignores_result(&msg) {
-                let meta = with_context(ResultMeta::success(&id, value), &msg);
+            if !ignores_result(&msg, Some(entry)) {
+                let meta = shared.meta(ResultMeta::success(&id, value), &msg);
                 store(&shared.backend, &meta, &msg).await;
             }
+            Late::Ack
         }
-        Err(err) if err.is_retry() => retry(&shared, entry, &msg, err).await,
-        Err(err) => {
-            tracing::warn!(task = %name, id = %id, exc_type = err.exc_type(), "task failed");
-            fail(&shared, &msg, &err).await;
+        Err(err) if err.is_retry() => {
+            retry(&shared, entry, &msg, err).await;
+            Late::Ack
         }
-    }
-
-    // 8. late ack
+        Err(err) if autoretries(entry, &err) => {
+            let retry_err = automatic_retry(entry, &msg, err);
+            retry(&shared, entry, &msg, retry_err).await;
+            Late::Ack
+        }
+        Err(err) => finish_failed(&shared, entry, &msg, err, late.is_some()).await,
+    };
     if let Some(delivery) = late {
-        settle(delivery.ack().await);
+        settle(match settle_late {
+            Late::Ack => delivery.ack().await,
+            Late::Requeue => delivery.requeue().await,
+        });
+    }
+}
+
+/// What to do with a late-acked message once its task is over.
+enum Late {
+    Ack,
+    Requeue,
+}
+
+/// A task that failed, timed out or rejected its message: store what Celery stores and say
+/// what becomes of a late-acked message (`acks_late` is whether there is one).
+async fn finish_failed(
+    shared: &Shared,
+    entry: &TaskEntry,
+    msg: &TaskMessage,
+    err: TaskError,
+    acks_late: bool,
+) -> Late {
+    let (name, id) = (&msg.headers.task, &msg.headers.id);
+    if let TaskErrorKind::Reject { requeue } = *err.kind() {
+        tracing::warn!(task = %name, id = %id, requeue, "task rejected its message");
+        if requeue {
+            // Nothing is stored: the task will run again. With an early ack the message
+            // is already gone, as in Celery.
+            return Late::Requeue;
+        }
+        fail(shared, entry, msg, &err).await;
+        return Late::Ack;
+    }
+    let timed_out = err.exc_type() == "TimeLimitExceeded";
+    let worker_lost = err.exc_type() == "WorkerLostError";
+    if timed_out {
+        tracing::error!(task = %name, id = %id, limit = ?err.exc_message(), "hard time limit exceeded");
+    } else {
+        tracing::warn!(task = %name, id = %id, exc_type = err.exc_type(), "task failed");
+    }
+    let o = &entry.options;
+    let ack_flag = o.acks_on_failure_or_timeout.unwrap_or(true);
+    // Celery's `Request.on_failure`: a lost executor with `reject_on_worker_lost`, or a
+    // timeout that is not to be acked, go back to the queue and nothing is stored.
+    if acks_late
+        && ((worker_lost && o.reject_on_worker_lost == Some(true)) || (timed_out && !ack_flag))
+    {
+        return Late::Requeue;
+    }
+    fail(shared, entry, msg, &err).await;
+    // A failure that is not to be acked is rejected without requeue: the message is
+    // dropped either way.
+    Late::Ack
+}
+
+/// The `(hard, soft)` limits in force: the message's `timelimit` header, else the task's
+/// options, else the worker's (Celery's `time_limit or task.time_limit`).
+fn time_limits(
+    msg: &TaskMessage,
+    entry: &TaskEntry,
+    worker: (Option<Duration>, Option<Duration>),
+) -> (Option<Duration>, Option<Duration>) {
+    let secs = |s: Option<f64>| {
+        s.filter(|s| *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    };
+    let (h, s) = msg.headers.timelimit;
+    (
+        secs(h).or(entry.options.time_limit).or(worker.0),
+        secs(s).or(entry.options.soft_time_limit).or(worker.1),
+    )
+}
+
+/// Whether `err` is one the task retries by itself (`autoretry_for`; `Exception` stands
+/// for every error, as in Python).
+fn autoretries(entry: &TaskEntry, err: &TaskError) -> bool {
+    matches!(err.kind(), TaskErrorKind::Failure)
+        && entry
+            .options
+            .autoretry_for
+            .iter()
+            .any(|t| *t == err.exc_type() || *t == "Exception")
+}
+
+/// The retry Celery's autoretry wrapper asks for: caused by `err`, after the exponential
+/// backoff when the task has one (`get_exponential_backoff_interval`), else after the
+/// default delay.
+fn automatic_retry(entry: &TaskEntry, msg: &TaskMessage, err: TaskError) -> TaskError {
+    let o = &entry.options;
+    let retry = TaskError::retry().caused_by(err);
+    match o.retry_backoff {
+        Some(factor) => {
+            let factor = factor.as_secs().max(1);
+            let maximum = o.retry_backoff_max.map_or(600, |d| d.as_secs());
+            let countdown = backoff(
+                factor,
+                msg.headers.retries,
+                maximum,
+                o.retry_jitter.unwrap_or(true),
+            );
+            retry.countdown(Duration::from_secs(countdown))
+        }
+        None => retry,
+    }
+}
+
+/// `min(maximum, factor * 2 ** retries)`, or with full jitter a random whole number of
+/// seconds from 0 up to that.
+fn backoff(factor: u64, retries: u32, maximum: u64, jitter: bool) -> u64 {
+    let countdown = factor
+        .saturating_mul(2u64.saturating_pow(retries))
+        .min(maximum);
+    if jitter {
+        rand::random_range(0..=countdown)
+    } else {
+        countdown
     }
 }
 
@@ -174,15 +338,18 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
             )
             .with_module("celery.exceptions")
         });
-        fail(shared, msg, &exc).await;
+        fail(shared, entry, msg, &exc).await;
         return;
     }
     let mut next = msg.clone();
     next.headers.retries = retries;
     // Celery's `default_retry_delay` is 180 s when neither countdown nor eta is given.
-    let countdown = request
-        .countdown
-        .unwrap_or(std::time::Duration::from_secs(180));
+    let countdown = request.countdown.unwrap_or(
+        entry
+            .options
+            .default_retry_delay
+            .unwrap_or(Duration::from_secs(180)),
+    );
     next.headers.eta = Some(request.eta.unwrap_or_else(|| Utc::now() + countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());
     next.headers.argsrepr = None;
@@ -205,9 +372,9 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
     match published {
         Ok(()) => {
             tracing::info!(task = %msg.headers.task, id = %msg.headers.id, retries, "task retry scheduled");
-            if !ignores_result(msg) {
+            if !ignores_result(msg, Some(entry)) {
                 let exc = request.cause.as_ref().unwrap_or(&err).to_exception_info();
-                let mut meta = with_context(ResultMeta::retry(&msg.headers.id, exc, None), msg);
+                let mut meta = shared.meta(ResultMeta::retry(&msg.headers.id, exc, None), msg);
                 meta.children = Some(vec![serde_json::json!([[msg.headers.id, null], null])]);
                 store(&shared.backend, &meta, msg).await;
             }
@@ -216,16 +383,16 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
             // Celery rejects the task when the retry cannot be sent; we store why.
             tracing::error!(error = %e, id = %msg.headers.id, "could not publish the retry");
             let exc = TaskError::new("RuntimeError", format!("retry could not be published: {e}"));
-            fail(shared, msg, &exc).await;
+            fail(shared, entry, msg, &exc).await;
         }
     }
 }
 
-async fn fail(shared: &Shared, msg: &TaskMessage, err: &TaskError) {
-    if ignores_result(msg) {
+async fn fail(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: &TaskError) {
+    if ignores_result(msg, Some(entry)) {
         return;
     }
-    let meta = failure_meta(
+    let meta = shared.failure_meta(
         msg,
         err.to_exception_info(),
         err.traceback().map(str::to_owned),
@@ -233,19 +400,45 @@ async fn fail(shared: &Shared, msg: &TaskMessage, err: &TaskError) {
     store(&shared.backend, &meta, msg).await;
 }
 
-fn failure_meta(msg: &TaskMessage, exc: ExceptionInfo, traceback: Option<String>) -> ResultMeta {
-    with_context(ResultMeta::failure(&msg.headers.id, exc, traceback), msg)
+impl Shared {
+    fn failure_meta(
+        &self,
+        msg: &TaskMessage,
+        exc: ExceptionInfo,
+        traceback: Option<String>,
+    ) -> ResultMeta {
+        self.meta(
+            ResultMeta::failure(&msg.headers.id, exc, traceback),
+            msg,
+        )
+    }
+
+    /// Fill what Celery copies from the request into every stored result, and with
+    /// `result_extended` the request's name, arguments, worker, retries and queue.
+    fn meta(&self, mut meta: ResultMeta, msg: &TaskMessage) -> ResultMeta {
+        meta.group_id = msg.headers.group.clone();
+        meta.parent_id = msg.headers.parent_id.clone();
+        if self.result_extended {
+            meta.extended = Some(Extended {
+                name: msg.headers.task.clone(),
+                args: serde_json::Value::Array(msg.args.clone()),
+                kwargs: serde_json::Value::Object(msg.kwargs.clone()),
+                worker: self.hostname.clone(),
+                retries: msg.headers.retries,
+                queue: msg.delivery_info.routing_key.clone(),
+            });
+        }
+        meta
+    }
 }
 
-/// Fill what Celery copies from the request into every stored result.
-fn with_context(mut meta: ResultMeta, msg: &TaskMessage) -> ResultMeta {
-    meta.group_id = msg.headers.group.clone();
-    meta.parent_id = msg.headers.parent_id.clone();
-    meta
-}
-
-fn ignores_result(msg: &TaskMessage) -> bool {
-    msg.headers.ignore_result == Some(true)
+/// Whether no result is to be stored: the message's `ignore_result` header, else the
+/// task's option (Celery's `Request.ignore_result`).
+fn ignores_result(msg: &TaskMessage, entry: Option<&TaskEntry>) -> bool {
+    msg.headers
+        .ignore_result
+        .or_else(|| entry.and_then(|e| e.options.ignore_result))
+        .unwrap_or(false)
 }
 
 /// Completes once the worker stops taking new work.
@@ -269,5 +462,22 @@ async fn store(backend: &AnyBackend, meta: &ResultMeta, msg: &TaskMessage) {
 fn settle(result: Result<(), crate::broker::BrokerError>) {
     if let Err(err) = result {
         tracing::error!(error = %err, "could not settle the message with the broker");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_jitter_stays_below_it() {
+        let plain: Vec<u64> = (0..6).map(|r| backoff(1, r, 600, false)).collect();
+        assert_eq!(plain, [1, 2, 4, 8, 16, 32]);
+        assert_eq!(backoff(3, 10, 600, false), 600);
+        assert_eq!(backoff(1, 200, 600, false), 600, "no overflow");
+        for _ in 0..200 {
+            assert!(backoff(2, 3, 600, true) <= 16);
+        }
+        assert_eq!(backoff(5, 0, 0, true), 0);
     }
 }
