@@ -27,11 +27,19 @@
 //! Results are pushed: the Redis backend shares one subscription among every awaited
 //! result; with `rpc://` one consumer on the client's reply queue serves them all.
 //!
-//! Not yet here (issue 4 continues): typed call stubs from `#[task]`, and revoke.
+//! Workers are remote-controlled (ping, revoke, any command) through [`Client::control`];
+//! [`AsyncResult::revoke`] revokes one task.
+//!
+//! Not yet here (issue 4 continues): typed call stubs from `#[task]`.
 
+mod control;
 mod options;
 mod result;
 
+pub use control::{
+    BroadcastOptions, Control, ControlError, ControlSettings, DEFAULT_NAMESPACE, NodeReply,
+    TERM_SIGNAME,
+};
 pub use options::SendOptions;
 pub use result::{AsyncResult, ResultError, TaskFailure};
 
@@ -241,6 +249,11 @@ impl Client {
 
     /// The result of the task with this id (sent by anyone).
     pub fn result(&self, id: &str) -> AsyncResult {
-        AsyncResult::new(id.to_owned(), self.inner.backend.clone())
+        AsyncResult::new(id.to_owned(), self.inner.backend.clone(), self.control())
+    }
+
+    /// Remote control of the workers on this client's broker (Celery's `app.control`).
+    pub fn control(&self) -> Control {
+        Control::new(self.inner.broker.clone())
     }
 }

@@ -1,5 +1,6 @@
 //! A sent task's result, awaited through the backend (pushed, not polled).
 
+use super::control::{Control, ControlError};
 use crate::backend::{AnyBackend, BackendError};
 use crate::protocol::{ExceptionInfo, ResultMeta, TaskState};
 use serde::de::DeserializeOwned;
@@ -85,11 +86,16 @@ pub enum ResultError {
 pub struct AsyncResult {
     id: String,
     backend: AnyBackend,
+    control: Control,
 }
 
 impl AsyncResult {
-    pub(crate) fn new(id: String, backend: AnyBackend) -> AsyncResult {
-        AsyncResult { id, backend }
+    pub(crate) fn new(id: String, backend: AnyBackend, control: Control) -> AsyncResult {
+        AsyncResult {
+            id,
+            backend,
+            control,
+        }
     }
 
     /// The task id.
@@ -170,6 +176,15 @@ impl AsyncResult {
                 source,
             }),
         }
+    }
+
+    /// Revoke the task (Celery's `AsyncResult.revoke`): every worker is told not to run it,
+    /// and a worker that meets it stores REVOKED, so [`get`](Self::get) then gives
+    /// [`ResultError::Revoked`]. With `terminate`, a worker already running it kills it with
+    /// `signal` (the worker's default, `SIGTERM`, when `None`). Returns once the request is
+    /// published; it does not wait for the workers.
+    pub async fn revoke(&self, terminate: bool, signal: Option<&str>) -> Result<(), ControlError> {
+        self.control.revoke_one(&self.id, terminate, signal).await
     }
 
     /// Remove the stored result (Celery's `forget`).
