@@ -11,7 +11,9 @@
 //! within the timeout (or not ready, without `--wait`); 4 the broker or backend failed;
 //! 69 no worker replied (Celery's `EX_UNAVAILABLE`).
 
-use celeriac::client::{BroadcastOptions, Client, ClientConfig, NodeReply, ResultError, SendOptions};
+use celeriac::client::{
+    BroadcastOptions, Client, ClientConfig, NodeReply, ResultError, SendOptions,
+};
 use celeriac::protocol::Serializer;
 use celeriac::protocol::kombu::{py_repr, to_python_json};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -448,37 +450,68 @@ enum ArgKind {
     Bool,
 }
 
-/// The inspect commands: (name, positional (argument, kind)s, variadic argument).
-const INSPECT_COMMANDS: &[(&str, &[(&str, ArgKind)], Option<&str>)] = &[
-    ("active", &[], None),
-    ("active_queues", &[], None),
-    ("clock", &[], None),
-    ("conf", &[("with_defaults", ArgKind::Bool)], None),
-    ("memdump", &[("samples", ArgKind::Int)], None),
-    ("memsample", &[], None),
-    (
-        "objgraph",
-        &[
+/// An inspect command: its name, positional arguments and variadic argument.
+struct InspectCommand {
+    name: &'static str,
+    args: &'static [(&'static str, ArgKind)],
+    variadic: Option<&'static str>,
+}
+
+const fn plain(name: &'static str) -> InspectCommand {
+    InspectCommand {
+        name,
+        args: &[],
+        variadic: None,
+    }
+}
+
+/// Celery 5.7's visible inspect commands.
+const INSPECT_COMMANDS: &[InspectCommand] = &[
+    plain("active"),
+    plain("active_queues"),
+    plain("clock"),
+    InspectCommand {
+        name: "conf",
+        args: &[("with_defaults", ArgKind::Bool)],
+        variadic: None,
+    },
+    InspectCommand {
+        name: "memdump",
+        args: &[("samples", ArgKind::Int)],
+        variadic: None,
+    },
+    plain("memsample"),
+    InspectCommand {
+        name: "objgraph",
+        args: &[
             ("type", ArgKind::Str),
             ("num", ArgKind::Int),
             ("max_depth", ArgKind::Int),
         ],
-        None,
-    ),
-    ("ping", &[], None),
-    ("query_task", &[], Some("ids")),
-    ("registered", &[], Some("taskinfoitems")),
-    ("report", &[], None),
-    ("reserved", &[], None),
-    ("revoked", &[], None),
-    ("scheduled", &[], None),
-    ("stats", &[], None),
+        variadic: None,
+    },
+    plain("ping"),
+    InspectCommand {
+        name: "query_task",
+        args: &[],
+        variadic: Some("ids"),
+    },
+    InspectCommand {
+        name: "registered",
+        args: &[],
+        variadic: Some("taskinfoitems"),
+    },
+    plain("report"),
+    plain("reserved"),
+    plain("revoked"),
+    plain("scheduled"),
+    plain("stats"),
 ];
 
 /// Celery's `_compile_arguments` for an inspect command.
 fn inspect_arguments(command: &str, args: &[String]) -> Result<Map<String, Value>, String> {
-    let Some((_, positional, variadic)) = INSPECT_COMMANDS.iter().find(|c| c.0 == command) else {
-        let names: Vec<&str> = INSPECT_COMMANDS.iter().map(|c| c.0).collect();
+    let Some(spec) = INSPECT_COMMANDS.iter().find(|c| c.name == command) else {
+        let names: Vec<&str> = INSPECT_COMMANDS.iter().map(|c| c.name).collect();
         return Err(format!(
             "Command {command} not recognized. Available inspect commands: {}",
             names.join(", ")
@@ -486,7 +519,7 @@ fn inspect_arguments(command: &str, args: &[String]) -> Result<Map<String, Value
     };
     let mut arguments = Map::new();
     let mut rest = args.iter();
-    for (name, kind) in positional.iter() {
+    for (name, kind) in spec.args {
         let Some(arg) = rest.next() else { break };
         let value = match kind {
             ArgKind::Str => Value::from(arg.as_str()),
@@ -503,7 +536,7 @@ fn inspect_arguments(command: &str, args: &[String]) -> Result<Map<String, Value
         arguments.insert((*name).into(), value);
     }
     let rest: Vec<Value> = rest.map(|a| Value::from(a.as_str())).collect();
-    match variadic {
+    match spec.variadic {
         Some(name) => {
             arguments.insert((*name).into(), Value::Array(rest));
         }

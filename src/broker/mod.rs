@@ -653,7 +653,7 @@ pub enum ReplyQueue {
     /// A Redis list, bound in `_kombu.binding.<exchange>`.
     Redis(redis::RedisReplyQueue),
     /// An exclusive, auto-deleted RabbitMQ queue on a connection of its own.
-    Amqp(amqp::AmqpReplyQueue),
+    Amqp(Box<amqp::AmqpReplyQueue>),
 }
 
 impl ReplyQueue {
@@ -713,7 +713,10 @@ impl AnyBroker {
         match self {
             AnyBroker::Memory(_) => Ok(ReplyQueue::Memory),
             AnyBroker::Redis(b) => b.declare_reply_queue(spec).await.map(ReplyQueue::Redis),
-            AnyBroker::Amqp(b) => b.declare_reply_queue(spec).await.map(ReplyQueue::Amqp),
+            AnyBroker::Amqp(b) => b
+                .declare_reply_queue(spec)
+                .await
+                .map(|q| ReplyQueue::Amqp(Box::new(q))),
         }
     }
 }

@@ -235,7 +235,10 @@ fn request_body(
 fn request_message(body: &Map<String, Value>, clock: u64, expires: Option<f64>) -> RawMessage {
     let mut headers = Map::new();
     headers.insert("clock".into(), Value::from(clock));
-    headers.insert("expires".into(), expires.map_or(Value::from(0), Value::from));
+    headers.insert(
+        "expires".into(),
+        expires.map_or(Value::from(0), Value::from),
+    );
     let mut properties = Map::new();
     properties.insert("delivery_mode".into(), Value::from(2));
     properties.insert("priority".into(), Value::from(0));
@@ -514,7 +517,11 @@ mod tests {
     fn requests_match_celerys_redis_envelopes_byte_for_byte() {
         let capture = vectors("redis.json");
         let published = celery_publishes(&capture);
-        assert_eq!(published.len(), 4, "ping, revoke, AsyncResult.revoke, inspect ping");
+        assert_eq!(
+            published.len(),
+            4,
+            "ping, revoke, AsyncResult.revoke, inspect ping"
+        );
         let settings = ControlSettings::default();
         for (i, (channel, data)) in published.iter().enumerate() {
             assert_eq!(channel, &fanout_channel(7, &settings.exchange(), ""));
@@ -547,7 +554,11 @@ mod tests {
                 ),
                 _ => request_body(
                     "revoke",
-                    revoke_arguments(&["00000000-0000-4000-8000-00000000c002"], false, json!(null)),
+                    revoke_arguments(
+                        &["00000000-0000-4000-8000-00000000c002"],
+                        false,
+                        json!(null),
+                    ),
                     &BroadcastOptions::new(),
                     None,
                 ),
@@ -606,7 +617,11 @@ mod tests {
         let ours = request_message(
             &request_body(
                 "revoke",
-                revoke_arguments(&["00000000-0000-4000-8000-00000000c002"], false, json!(null)),
+                revoke_arguments(
+                    &["00000000-0000-4000-8000-00000000c002"],
+                    false,
+                    json!(null),
+                ),
                 &BroadcastOptions::new(),
                 None,
             ),
