@@ -4,10 +4,13 @@
 //!
 //! Redis database 7 is the broker of the Redis run and the result backend of both runs
 //! (nothing is flushed: every queue and task id is new, so other users of the database do
-//! not matter). RabbitMQ is `CELERIAC_TEST_AMQP_URL` (default vhost `celeriac-test`). The
-//! "no worker" checks need that no other Celery worker listens on these (the broadcast
-//! reaches every worker of the database or vhost). Redis, RabbitMQ or the venv missing is
-//! a failure, never a skip.
+//! not matter). RabbitMQ is the server of `CELERIAC_TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/celeriac-test`) on a vhost of this file's own,
+//! `<its vhost>-control`, created with `rabbitmqctl` when missing (`INTEROP_RABBITMQCTL`
+//! overrides the command, as for the pytest suite): a broadcast reaches every worker of a
+//! vhost, and the "no worker" checks need that no other suite's worker is there. For the
+//! same reason no other test may run a Celery worker with Redis database 7 as its broker.
+//! Redis, RabbitMQ, `rabbitmqctl` or the venv missing is a failure, never a skip.
 //!
 //! The command line's output is compared with what `celery status`, `celery inspect ping`
 //! and `celery control revoke` printed in `interop-tests/vectors/control/cli.json`.
@@ -17,6 +20,7 @@ mod common;
 use common::{PythonWorker, celeriac_bin};
 use std::time::{Duration, Instant};
 
+use celeriac::broker::BrokerUrl;
 use celeriac::client::{BroadcastOptions, Client, ClientConfig, Control, ResultError, SendOptions};
 use celeriac::protocol::TaskState;
 use serde_json::{Map, Value, json};
@@ -32,6 +36,83 @@ const PING: Duration = Duration::from_secs(1);
 fn amqp_url() -> String {
     std::env::var("CELERIAC_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/celeriac-test".into())
+}
+
+/// `rabbitmqctl ARGS` (tried 3 times, 3 s apart: the shared node may be busy); its stdout.
+fn rabbitmqctl(args: &[&str]) -> String {
+    let command = std::env::var("INTEROP_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("INTEROP_RABBITMQCTL is empty");
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        match std::process::Command::new(program)
+            .args(words.clone())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < 3 {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    panic!("RabbitMQ is required: {command} {args:?} failed: {last}");
+}
+
+/// Percent-encode a URL component (everything but RFC 3986's unreserved characters).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The URL of this file's own vhost (see the module documentation), created if missing.
+fn control_amqp_url() -> String {
+    let base = amqp_url();
+    let Ok(BrokerUrl::Amqp(u)) = BrokerUrl::parse(&base) else {
+        panic!("CELERIAC_TEST_AMQP_URL is not an AMQP URL: {base}");
+    };
+    let vhost = if u.vhost == "/" {
+        "celeriac-control".to_owned()
+    } else {
+        format!("{}-control", u.vhost)
+    };
+    let known = rabbitmqctl(&["-q", "list_vhosts", "name"]);
+    if !known.lines().any(|l| l.trim() == vhost) {
+        rabbitmqctl(&["add_vhost", &vhost]);
+    }
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &vhost,
+        &u.username,
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let host = if u.host.contains(':') {
+        format!("[{}]", u.host)
+    } else {
+        u.host.clone()
+    };
+    format!(
+        "{}://{}:{}@{host}:{}/{}",
+        if u.tls { "amqps" } else { "amqp" },
+        encode(&u.username),
+        encode(&u.password),
+        u.port,
+        encode(&vhost)
+    )
 }
 
 /// What Celery's command line printed (`cli.json`), with `node` for its worker's name.
@@ -317,5 +398,6 @@ async fn remote_control_of_python_workers_over_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_control_of_python_workers_over_rabbitmq() {
-    scenarios(&amqp_url()).await;
+    let url = tokio::task::spawn_blocking(control_amqp_url).await.unwrap();
+    scenarios(&url).await;
 }
