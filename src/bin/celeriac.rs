@@ -578,3 +578,65 @@ fn report(outcome: Result<Value, ResultError>) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Expected values printed by Celery 5.7's `CLIContext.pretty` and `json.dumps`.
+    #[test]
+    fn replies_are_pretty_printed_as_celery_does() {
+        assert_eq!(pretty(&json!({"ok": "pong"})), ("OK", "    pong".into()));
+        assert_eq!(
+            pretty(&json!({"error": "KeyError('x')"})),
+            ("ERROR", "    KeyError('x')".into())
+        );
+        assert_eq!(
+            pretty(&json!(["a", {"k": 1}])),
+            ("OK", "* a\n* {'k': 1}".into())
+        );
+        assert_eq!(pretty(&json!([])), ("OK", "- empty -".into()));
+        assert_eq!(
+            pretty(&json!({"ok": ["x", "y"]})),
+            ("OK", "    * x\n    * y".into())
+        );
+        assert_eq!(pretty(&json!(5)), ("OK", "5".into()));
+        assert_eq!(
+            pretty(&json!({"clock": 3})),
+            ("OK", "{\n    \"clock\": 3\n}".into())
+        );
+        assert_eq!(
+            json_indented(
+                &json!({"b": [1, {"z": null, "a": "é", "f": 1.5}], "a": {}, "c": []}),
+                0
+            ),
+            "{\n    \"a\": {},\n    \"b\": [\n        1,\n        {\n            \"a\": \"\\u00e9\",\n            \"f\": 1.5,\n            \"z\": null\n        }\n    ],\n    \"c\": []\n}"
+        );
+        assert_eq!(indent("a\n\nb", 2), "  a\n  \n  b");
+    }
+
+    #[test]
+    fn inspect_arguments_follow_celerys_panel() {
+        assert_eq!(inspect_arguments("ping", &[]).unwrap(), Map::new());
+        assert_eq!(
+            Value::Object(inspect_arguments("query_task", &["a".into(), "b".into()]).unwrap()),
+            json!({"ids": ["a", "b"]})
+        );
+        assert_eq!(
+            Value::Object(inspect_arguments("objgraph", &["Request".into(), "5".into()]).unwrap()),
+            json!({"type": "Request", "num": 5})
+        );
+        assert_eq!(
+            Value::Object(inspect_arguments("conf", &["yes".into()]).unwrap()),
+            json!({"with_defaults": true})
+        );
+        assert!(
+            inspect_arguments("nope", &[])
+                .unwrap_err()
+                .starts_with("Command nope not recognized. Available inspect commands: active, ")
+        );
+        assert!(inspect_arguments("ping", &["x".into()]).is_err());
+        assert!(inspect_arguments("memdump", &["many".into()]).is_err());
+    }
+}
