@@ -18,9 +18,9 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
-pub use amqp::{AmqpBroker, AmqpConsumer};
+pub use amqp::{AmqpBroker, AmqpConsumer, AmqpReplyQueue};
 pub use memory::{MemoryBroker, MemoryConsumer};
-pub use redis::{RedisBroker, RedisConsumer};
+pub use redis::{RedisBroker, RedisConsumer, RedisReplyQueue};
 pub use url::{AmqpUrl, BrokerUrl, UrlError};
 
 /// Where undecodable messages are kept: a Redis list, a durable RabbitMQ queue, or the
@@ -626,6 +626,99 @@ pub(crate) fn lossless_text(bytes: &[u8]) -> String {
         out.extend(chunk.invalid().iter().map(|b| char::from(*b)));
     }
     out
+}
+
+/// A temporary queue that collects replies: kombu's pidbox reply queue
+/// (`<oid>.reply.celery.pidbox`, bound to the direct exchange `reply.celery.pidbox` with
+/// routing key `<oid>`), declared as Celery 5.7's remote control client declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyQueueSpec {
+    /// The direct exchange replies are published to (declared non-durable).
+    pub exchange: String,
+    /// The queue.
+    pub queue: String,
+    /// Its binding key: what repliers use as routing key.
+    pub routing_key: String,
+    /// Delete the queue after this long unused (`x-expires`; Celery's `control_queue_expires`).
+    pub expires: Option<Duration>,
+    /// Drop replies older than this (`x-message-ttl`; Celery's `control_queue_ttl`).
+    pub message_ttl: Option<Duration>,
+}
+
+/// A declared, consumed [`ReplyQueueSpec`]. [`ReplyQueue::delete`] removes it (kombu's
+/// `after_reply_message_received`).
+pub enum ReplyQueue {
+    /// The memory broker has no remote-control peers: nothing ever arrives.
+    Memory,
+    /// A Redis list, bound in `_kombu.binding.<exchange>`.
+    Redis(redis::RedisReplyQueue),
+    /// An exclusive, auto-deleted RabbitMQ queue on a connection of its own.
+    Amqp(Box<amqp::AmqpReplyQueue>),
+}
+
+impl ReplyQueue {
+    /// The next message, or `None` when none arrives within `timeout`. A malformed message
+    /// is logged and skipped.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<RawMessage>, BrokerError> {
+        match self {
+            ReplyQueue::Memory => {
+                tokio::time::sleep(timeout).await;
+                Ok(None)
+            }
+            ReplyQueue::Redis(q) => q.next(timeout).await,
+            ReplyQueue::Amqp(q) => q.next(timeout).await,
+        }
+    }
+
+    /// Stop consuming and delete the queue (Redis: its binding and lists; RabbitMQ: cancel
+    /// and close, which deletes the exclusive, auto-delete queue).
+    pub async fn delete(self) -> Result<(), BrokerError> {
+        match self {
+            ReplyQueue::Memory => Ok(()),
+            ReplyQueue::Redis(q) => q.delete().await,
+            ReplyQueue::Amqp(q) => q.delete().await,
+        }
+    }
+}
+
+impl AnyBroker {
+    /// Publish `msg` to the fanout exchange `exchange`, as kombu does for a broadcast
+    /// (Celery's remote control, exchange `celery.pidbox`): every consumer bound or
+    /// subscribed gets it, and none at all is not an error (the message is just dropped).
+    ///
+    /// Redis: `PUBLISH` of kombu's envelope on the channel `/<db>.<exchange>` (kombu's
+    /// `keyprefix_fanout`; `/<routing_key>` appended when the routing key is not empty, as
+    /// `fanout_patterns` does). RabbitMQ: the exchange declared as kombu's pidbox declares it
+    /// (fanout, not durable, not auto-deleted), then a publish without `mandatory`, confirmed.
+    /// Memory: dropped (no remote-control consumers exist there).
+    pub async fn publish_fanout(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        match self {
+            AnyBroker::Memory(_) => Ok(()),
+            AnyBroker::Redis(b) => b.publish_fanout(msg, exchange, routing_key).await,
+            AnyBroker::Amqp(b) => b.publish_fanout(msg, exchange, routing_key).await,
+        }
+    }
+
+    /// Declare a reply queue (its exchange and binding too) and start consuming it. Declare
+    /// it before publishing the request, so no reply can come before the queue exists.
+    pub async fn declare_reply_queue(
+        &self,
+        spec: &ReplyQueueSpec,
+    ) -> Result<ReplyQueue, BrokerError> {
+        match self {
+            AnyBroker::Memory(_) => Ok(ReplyQueue::Memory),
+            AnyBroker::Redis(b) => b.declare_reply_queue(spec).await.map(ReplyQueue::Redis),
+            AnyBroker::Amqp(b) => b
+                .declare_reply_queue(spec)
+                .await
+                .map(|q| ReplyQueue::Amqp(Box::new(q))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1041,9 +1041,215 @@ async fn restore_loop(broker: RedisBroker, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// kombu 5.7's binding refresh for a queue declared with `x-expires`: add the binding
+/// member and push the exchange's deadline in `_kombu.binding_deadlines` to at least
+/// `ttl` ms from now by the server's clock (`ZADD GT`), so kombu's sweep keeps the table.
+/// KEYS: binding set, deadline set; ARGV: member, exchange, ttl in ms.
+static BIND_EXPIRING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('SADD', KEYS[1], ARGV[1])\n\
+         local t = redis.call('TIME')\n\
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n\
+         redis.call('ZADD', KEYS[2], 'GT', now + tonumber(ARGV[3]), ARGV[2])\n",
+    )
+});
+const BINDING_DEADLINES: &str = "_kombu.binding_deadlines";
+/// kombu's `MIN_BINDING_TTL` (one hour) and `BINDING_EXPIRES_FACTOR` (2), in ms.
+const MIN_BINDING_TTL_MS: u128 = 3_600_000;
+const BINDING_EXPIRES_FACTOR: u128 = 2;
+
+/// kombu's fanout channel name (`_get_publish_topic`): `keyprefix_fanout` (`/<db>.`), the
+/// exchange, and `/<routing_key>` when the routing key is not empty (`fanout_patterns`).
+pub fn fanout_channel(db: i64, exchange: &str, routing_key: &str) -> String {
+    if routing_key.is_empty() {
+        format!("/{db}.{exchange}")
+    } else {
+        format!("/{db}.{exchange}/{routing_key}")
+    }
+}
+
+/// kombu's binding member: `routing_key, pattern, queue` joined by [`SEP`].
+fn binding_member(routing_key: &str, queue: &str) -> String {
+    format!("{routing_key}{SEP}{SEP}{queue}")
+}
+
+/// kombu's binding table lifetime for a queue with `x-expires` (`_binding_ttl`), in ms.
+fn binding_ttl_ms(expires: Option<Duration>) -> u128 {
+    expires
+        .map_or(0, |e| e.as_millis() * BINDING_EXPIRES_FACTOR)
+        .max(MIN_BINDING_TTL_MS)
+}
+
+impl RedisBroker {
+    /// `PUBLISH` kombu's envelope of `msg` on the fanout channel of `exchange` (see
+    /// [`AnyBroker::publish_fanout`](super::AnyBroker::publish_fanout)).
+    pub async fn publish_fanout(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let tag = uuid::Uuid::new_v4().to_string();
+        let text = to_python_json(&envelope(msg, exchange, routing_key, &tag));
+        ::redis::cmd("PUBLISH")
+            .arg(fanout_channel(self.inner.url.db, exchange, routing_key))
+            .arg(text)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(redis_err("PUBLISH"))
+    }
+
+    /// Declare a reply queue as kombu 5.7 declares a queue with `x-expires` (the binding
+    /// member in `_kombu.binding.<exchange>` and the exchange's deadline in
+    /// `_kombu.binding_deadlines`, one script), and open the connection its `BRPOP`s block.
+    pub async fn declare_reply_queue(
+        &self,
+        spec: &super::ReplyQueueSpec,
+    ) -> Result<RedisReplyQueue, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(None);
+        let conn = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| BrokerError::Connect {
+                url: self.describe(),
+                source,
+            })?;
+        let member = binding_member(&spec.routing_key, &spec.queue);
+        let ttl = binding_ttl_ms(spec.expires);
+        BIND_EXPIRING
+            .key(format!("{BINDING_PREFIX}{}", spec.exchange))
+            .key(BINDING_DEADLINES)
+            .arg(&member)
+            .arg(&spec.exchange)
+            .arg(ttl.to_string())
+            .invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_err("EVALSHA bind reply queue"))?;
+        Ok(RedisReplyQueue {
+            broker: self.clone(),
+            conn,
+            exchange: spec.exchange.clone(),
+            queue: spec.queue.clone(),
+            member,
+        })
+    }
+}
+
+/// A reply queue on Redis: a list (one per priority step) that repliers `LPUSH` to through
+/// the binding, popped with `BRPOP` on a connection of its own.
+pub struct RedisReplyQueue {
+    broker: RedisBroker,
+    conn: MultiplexedConnection,
+    exchange: String,
+    queue: String,
+    member: String,
+}
+
+impl RedisReplyQueue {
+    fn keys(&self) -> Vec<String> {
+        PRIORITY_STEPS
+            .iter()
+            .map(|s| queue_key(&self.queue, *s))
+            .collect()
+    }
+
+    /// The next envelope, decoded; `None` after `timeout` without one (kombu's `BRPOP` of
+    /// the priority keys in order).
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<RawMessage>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let popped: Option<(String, Vec<u8>)> = if left < Duration::from_millis(1) {
+                // BRPOP 0 would block for ever: one look without blocking instead.
+                let mut found = None;
+                for key in self.keys() {
+                    let item: Option<Vec<u8>> = ::redis::cmd("RPOP")
+                        .arg(&key)
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(redis_err("RPOP"))?;
+                    if let Some(item) = item {
+                        found = Some((key, item));
+                        break;
+                    }
+                }
+                found
+            } else {
+                let mut cmd = ::redis::cmd("BRPOP");
+                for key in self.keys() {
+                    cmd.arg(key);
+                }
+                cmd.arg(format!("{:.3}", left.as_secs_f64()));
+                // The connection has no response timeout (the block is the wait); this one
+                // notices a dead connection.
+                let guard = left + Duration::from_secs(10);
+                match tokio::time::timeout(guard, cmd.query_async(&mut self.conn)).await {
+                    Ok(popped) => popped.map_err(redis_err("BRPOP"))?,
+                    Err(_) => {
+                        return Err(BrokerError::Redis {
+                            command: "BRPOP",
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no answer from Redis",
+                            )
+                            .into(),
+                        });
+                    }
+                }
+            };
+            let Some((_, envelope)) = popped else {
+                return Ok(None);
+            };
+            match decode_envelope(&envelope) {
+                Ok(message) => return Ok(Some(message)),
+                Err(reason) => {
+                    tracing::warn!(queue = %self.queue, %reason, "undecodable reply skipped");
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// kombu's `queue_delete`: remove the binding (`_kombu.binding.<exchange>` and
+    /// `_kombu.binding_permanent.<exchange>`) and the lists.
+    pub async fn delete(self) -> Result<(), BrokerError> {
+        let mut pipe = ::redis::pipe();
+        pipe.srem(format!("{BINDING_PREFIX}{}", self.exchange), &self.member)
+            .ignore()
+            .srem(
+                format!("{BINDING_PERMANENT_PREFIX}{}", self.exchange),
+                &self.member,
+            )
+            .ignore();
+        for key in self.keys() {
+            pipe.del(key).ignore();
+        }
+        pipe.query_async::<()>(&mut self.broker.conn())
+            .await
+            .map_err(redis_err("delete reply queue"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fanout_channels_and_binding_lifetimes_follow_kombu() {
+        assert_eq!(fanout_channel(7, "celery.pidbox", ""), "/7.celery.pidbox");
+        assert_eq!(fanout_channel(0, "ex", "a.b"), "/0.ex/a.b");
+        assert_eq!(binding_member("oid", "oid.q"), "oid\x06\x16\x06\x16oid.q");
+        assert_eq!(binding_ttl_ms(Some(Duration::from_secs(10))), 3_600_000);
+        assert_eq!(binding_ttl_ms(Some(Duration::from_secs(7200))), 14_400_000);
+        assert_eq!(binding_ttl_ms(None), 3_600_000);
+    }
 
     #[test]
     fn priority_keys_match_kombu() {

@@ -36,10 +36,18 @@
 //! For a Rust task, the call stub `#[task]` writes beside the function checks the arguments
 //! at compile time and types the result: `client.send(&add::new(2, 3))` (see
 //! [`Client::send`] and [`crate::canvas::Signature`]).
+//!
+//! Workers are remote-controlled (ping, revoke, any command) through [`Client::control`];
+//! [`AsyncResult::revoke`] revokes one task.
 
+mod control;
 mod options;
 mod result;
 
+pub use control::{
+    BroadcastOptions, Control, ControlError, ControlSettings, DEFAULT_NAMESPACE, NodeReply,
+    TERM_SIGNAME,
+};
 pub use options::SendOptions;
 pub use result::{AsyncResult, ResultError, TaskFailure};
 
@@ -260,7 +268,12 @@ impl Client {
     /// The result of the task with this id (sent by anyone), read as a JSON value; see
     /// [`AsyncResult::typed`] to read it as another type.
     pub fn result(&self, id: &str) -> AsyncResult {
-        AsyncResult::new(id.to_owned(), self.inner.backend.clone())
+        AsyncResult::new(id.to_owned(), self.inner.backend.clone(), self.control())
+    }
+
+    /// Remote control of the workers on this client's broker (Celery's `app.control`).
+    pub fn control(&self) -> Control {
+        Control::new(self.inner.broker.clone())
     }
 
     /// Send a [`Signature`] (Celery's `sig.apply_async()`), for example the one a `#[task]`

@@ -1,5 +1,6 @@
 //! A sent task's result, awaited through the backend (pushed, not polled).
 
+use super::control::{Control, ControlError};
 use crate::backend::{AnyBackend, BackendError};
 use crate::protocol::{ExceptionInfo, ResultMeta, TaskState};
 use serde::de::DeserializeOwned;
@@ -86,15 +87,17 @@ pub enum ResultError {
 pub struct AsyncResult<R = Value> {
     id: String,
     backend: AnyBackend,
+    control: Control,
     // The result is not owned here: `fn() -> R` keeps the handle `Send + Sync + Clone`.
     result: PhantomData<fn() -> R>,
 }
 
 impl AsyncResult<Value> {
-    pub(crate) fn new(id: String, backend: AnyBackend) -> AsyncResult<Value> {
+    pub(crate) fn new(id: String, backend: AnyBackend, control: Control) -> AsyncResult<Value> {
         AsyncResult {
             id,
             backend,
+            control,
             result: PhantomData,
         }
     }
@@ -105,6 +108,7 @@ impl<R> Clone for AsyncResult<R> {
         AsyncResult {
             id: self.id.clone(),
             backend: self.backend.clone(),
+            control: self.control.clone(),
             result: PhantomData,
         }
     }
@@ -131,6 +135,7 @@ impl<R> AsyncResult<R> {
         AsyncResult {
             id: self.id.clone(),
             backend: self.backend.clone(),
+            control: self.control.clone(),
             result: PhantomData,
         }
     }
@@ -215,6 +220,15 @@ impl<R> AsyncResult<R> {
                 source,
             }),
         }
+    }
+
+    /// Revoke the task (Celery's `AsyncResult.revoke`): every worker is told not to run it,
+    /// and a worker that meets it stores REVOKED, so [`get`](Self::get) then gives
+    /// [`ResultError::Revoked`]. With `terminate`, a worker already running it kills it with
+    /// `signal` (the worker's default, `SIGTERM`, when `None`). Returns once the request is
+    /// published; it does not wait for the workers.
+    pub async fn revoke(&self, terminate: bool, signal: Option<&str>) -> Result<(), ControlError> {
+        self.control.revoke_one(&self.id, terminate, signal).await
     }
 
     /// Remove the stored result (Celery's `forget`).

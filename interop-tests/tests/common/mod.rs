@@ -19,6 +19,7 @@ pub fn python_bin_dir() -> PathBuf {
 pub struct PythonWorker {
     child: Child,
     log_path: PathBuf,
+    node: String,
 }
 
 impl PythonWorker {
@@ -43,6 +44,7 @@ impl PythonWorker {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
+        let node = format!("{app}-{}@celeriac", uuid::Uuid::new_v4().simple());
         let log = File::create(&log_path).expect("create the worker log file");
         let log_err = log.try_clone().expect("clone the worker log handle");
         let child = Command::new(&celery)
@@ -64,10 +66,7 @@ impl PythonWorker {
                 "--without-heartbeat",
             ])
             .args(["-Q", queue])
-            .args([
-                "-n",
-                &format!("{app}-{}@celeriac", uuid::Uuid::new_v4().simple()),
-            ])
+            .args(["-n", &node])
             .current_dir(FIXTURES)
             .env("PYTHONPATH", FIXTURES)
             .env("CELERY_BROKER_URL", broker)
@@ -81,7 +80,17 @@ impl PythonWorker {
             .stderr(log_err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the Celery worker {}: {e}", celery.display()));
-        PythonWorker { child, log_path }
+        PythonWorker {
+            child,
+            log_path,
+            node,
+        }
+    }
+
+    /// The worker's node name (`-n`): `<app>-<uuid>@celeriac`, what it answers pings with.
+    #[allow(dead_code)]
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The exit status when the worker has stopped.
@@ -110,4 +119,36 @@ impl Drop for PythonWorker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `celeriac` command-line program of this workspace, built on first use with the
+/// cargo that runs the tests (`cargo build -p celeriac --bin celeriac`, same target
+/// directory), so it is never stale. A failed build fails the test.
+#[allow(dead_code)]
+pub fn celeriac_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "celeriac",
+                "--bin",
+                "celeriac",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for the celeriac binary");
+        assert!(out.status.success(), "cargo build --bin celeriac failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "celeriac")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no celeriac executable")
+    })
+    .clone()
 }

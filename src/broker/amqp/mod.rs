@@ -370,6 +370,189 @@ impl AmqpBroker {
     }
 }
 
+/// A duration as kombu writes a queue argument in milliseconds (`int(seconds * 1000)`),
+/// typed as py-amqp types a Python int.
+fn millis_argument(d: Duration) -> AMQPValue {
+    let ms = d.as_millis();
+    match i32::try_from(ms) {
+        Ok(v) => AMQPValue::LongInt(v),
+        Err(_) => AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX)),
+    }
+}
+
+/// The arguments of a pidbox reply queue: `x-expires`, `x-message-ttl`.
+fn reply_queue_arguments(spec: &super::ReplyQueueSpec) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(e) = spec.expires {
+        args.insert("x-expires".into(), millis_argument(e));
+    }
+    if let Some(t) = spec.message_ttl {
+        args.insert("x-message-ttl".into(), millis_argument(t));
+    }
+    args
+}
+
+impl AmqpBroker {
+    /// Declare `exchange` as kombu's pidbox does (fanout, not durable, not auto-deleted) and
+    /// publish `msg` to it without `mandatory`, on a connection of its own, waiting for the
+    /// confirm (see [`AnyBroker::publish_fanout`](super::AnyBroker::publish_fanout)).
+    pub async fn publish_fanout(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let props = fields::properties(msg)?;
+        let exchange_name = short(exchange, "exchange name")?;
+        let key = short(routing_key, "routing key")?;
+        let (conn, ch) = self.open_channel("control").await?;
+        let published = async {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp_err("confirm.select"))?;
+            ch.exchange_declare(
+                exchange_name.clone(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("exchange.declare"))?;
+            let confirm = ch
+                .basic_publish(
+                    exchange_name,
+                    key,
+                    BasicPublishOptions::default(),
+                    &msg.body,
+                    props,
+                )
+                .await
+                .map_err(amqp_err("basic.publish"))?
+                .await
+                .map_err(amqp_err("publisher confirm"))?;
+            match confirm {
+                Confirmation::Nack(_) => Err(BrokerError::NotConfirmed {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+        .await;
+        let _ = conn.close(200, "done".into()).await;
+        published
+    }
+
+    /// Declare a reply queue as Celery 5.7's remote control client does, on a connection of
+    /// its own, and consume it (`no_ack`): the direct exchange (not durable), the queue
+    /// (exclusive, auto-deleted, not durable, `x-expires` and `x-message-ttl`), the binding.
+    pub async fn declare_reply_queue(
+        &self,
+        spec: &super::ReplyQueueSpec,
+    ) -> Result<AmqpReplyQueue, BrokerError> {
+        let exchange = short(&spec.exchange, "exchange name")?;
+        let queue = short(&spec.queue, "queue name")?;
+        let key = short(&spec.routing_key, "routing key")?;
+        let (conn, ch) = self.open_channel("control replies").await?;
+        let declared = async {
+            ch.exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("exchange.declare"))?;
+            ch.queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                reply_queue_arguments(spec),
+            )
+            .await
+            .map_err(|source| BrokerError::Declare {
+                queue: spec.queue.clone(),
+                source,
+            })?;
+            ch.queue_bind(
+                queue.clone(),
+                exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("queue.bind"))?;
+            ch.basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("basic.consume"))
+        }
+        .await;
+        match declared {
+            Ok(consumer) => Ok(AmqpReplyQueue {
+                conn,
+                channel: ch,
+                consumer,
+            }),
+            Err(e) => {
+                let _ = conn.close(200, "done".into()).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A consumed pidbox reply queue on RabbitMQ, with its own connection (an exclusive queue
+/// lives as long as the connection that declared it).
+pub struct AmqpReplyQueue {
+    conn: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl AmqpReplyQueue {
+    /// The next message, or `None` after `timeout` without one.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<RawMessage>, BrokerError> {
+        match tokio::time::timeout(timeout, self.consumer.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => Err(BrokerError::ConsumerCancelled),
+            Ok(Some(Err(source))) => Err(BrokerError::Amqp {
+                op: "basic.deliver",
+                source,
+            }),
+            Ok(Some(Ok(d))) => Ok(Some(fields::raw_message(
+                d.data,
+                &d.properties,
+                d.exchange.as_str(),
+                d.routing_key.as_str(),
+                d.redelivered,
+            ))),
+        }
+    }
+
+    /// Cancel the consumer and close the connection: RabbitMQ deletes the queue.
+    pub async fn delete(self) -> Result<(), BrokerError> {
+        let cancelled = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(amqp_err("basic.cancel"));
+        let _ = self.conn.close(200, "done".into()).await;
+        cancelled
+    }
+}
+
 /// One consuming connection: its channel and one lapin consumer per queue.
 struct Session {
     channel: Arc<Channel>,
@@ -610,5 +793,30 @@ impl AmqpAcker {
         }
         self.broker.publish(&kept, "", DEAD_LETTER_KEY).await?;
         self.ack().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_queue_arguments_are_kombus_milliseconds() {
+        let spec = super::super::ReplyQueueSpec {
+            exchange: "reply.celery.pidbox".into(),
+            queue: "oid.reply.celery.pidbox".into(),
+            routing_key: "oid".into(),
+            expires: Some(Duration::from_secs(10)),
+            message_ttl: Some(Duration::from_secs(300)),
+        };
+        let args = reply_queue_arguments(&spec);
+        assert_eq!(args.inner()["x-expires"], AMQPValue::LongInt(10_000));
+        assert_eq!(args.inner()["x-message-ttl"], AMQPValue::LongInt(300_000));
+        let none = super::super::ReplyQueueSpec {
+            expires: None,
+            message_ttl: None,
+            ..spec
+        };
+        assert!(reply_queue_arguments(&none).inner().is_empty());
     }
 }
