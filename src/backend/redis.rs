@@ -162,11 +162,17 @@ impl RedisBackend {
     /// The stored state of a task, `None` when there is none (PENDING to Celery).
     pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let mut conn = self.conn.clone();
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(task_key(task_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|source| BackendError::Redis { op: "GET", source })?;
+        let mut get = redis::cmd("GET");
+        get.arg(task_key(task_id));
+        // After a lost connection the manager reconnects, but the command that found the
+        // connection gone fails; a read is safe to send once more.
+        let bytes: Option<Vec<u8>> = match get.query_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                get.query_async(&mut conn).await
+            }
+            other => other,
+        }
+        .map_err(|source| BackendError::Redis { op: "GET", source })?;
         bytes
             .map(|b| ResultMeta::from_slice(&b))
             .transpose()

@@ -25,8 +25,8 @@
 
 use super::waiters::Waiters;
 use super::{BackendError, BackendOptions};
-use crate::broker::AnyBroker;
 use crate::broker::amqp::reply::ReplyConsumer;
+use crate::broker::{AnyBroker, BrokerError};
 use crate::protocol::{RawMessage, ResultMeta, Serializer};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -204,6 +204,23 @@ impl RpcBackend {
             })
             .await
             .map(drop)
+    }
+
+    /// Make sure the reply queue exists before a task whose reply goes there is sent:
+    /// declared on the broker's publishing connection, once per connection (Celery's
+    /// `RPCBackend.on_task_call`). The queue is `auto_delete`: while the reply consumer is
+    /// disconnected RabbitMQ deletes it, and a reply sent before the consumer is back
+    /// would be dropped. A connection error is returned as it is, for the caller's retry
+    /// policy. Nothing to do on brokers other than AMQP.
+    pub async fn declare_reply_queue(&self) -> Result<(), BrokerError> {
+        match &self.broker {
+            AnyBroker::Amqp(broker) => {
+                broker
+                    .declare_rpc_reply_queue(&self.replies.queue, self.opts.result_expires)
+                    .await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Wait until a ready state of the task arrives on the reply queue, or was kept from

@@ -11,6 +11,7 @@
 pub mod amqp;
 pub mod memory;
 pub mod redis;
+pub mod retry;
 pub mod url;
 
 use crate::protocol::RawMessage;
@@ -21,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 pub use amqp::{AmqpBroker, AmqpConsumer, AmqpReplyQueue};
 pub use memory::{MemoryBroker, MemoryConsumer};
 pub use redis::{RedisBroker, RedisConsumer, RedisReplyQueue};
+pub use retry::RetryPolicy;
 pub use url::{AmqpUrl, BrokerUrl, UrlError};
 
 /// Where undecodable messages are kept: a Redis list, a durable RabbitMQ queue, or the
@@ -135,6 +137,19 @@ pub enum BrokerError {
     /// The consumer has stopped fetching.
     #[error("the consumer is closed")]
     Closed,
+    /// A publish kept failing on the broker connection until its [`RetryPolicy`] gave up.
+    #[error(
+        "the broker stayed unreachable: gave up after {retries} retries in {elapsed:.1?}: {source}"
+    )]
+    RetriesExhausted {
+        /// Retries made after the first attempt.
+        retries: u32,
+        /// Time from the first attempt to giving up.
+        elapsed: Duration,
+        /// The last attempt's error.
+        #[source]
+        source: Box<BrokerError>,
+    },
 }
 
 impl BrokerError {
@@ -144,7 +159,10 @@ impl BrokerError {
         match self {
             BrokerError::Connect { .. } | BrokerError::AmqpConnect { .. } => true,
             BrokerError::ConsumerCancelled => true,
-            BrokerError::Amqp { source, .. } => amqp_connection_error(source),
+            BrokerError::Amqp { source, .. } | BrokerError::Declare { source, .. } => {
+                amqp_connection_error(source)
+            }
+            BrokerError::RetriesExhausted { source, .. } => source.is_connection_error(),
             BrokerError::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()
@@ -334,7 +352,38 @@ impl AnyBroker {
     /// Publish exactly as kombu does. Exchange `""` (the default exchange): the routing key
     /// is the queue. A named exchange: the queues bound with an equal routing key (Redis:
     /// `_kombu.binding.<exchange>`); none bound is [`BrokerError::Unroutable`].
+    ///
+    /// A lost connection is retried as [`RetryPolicy::RESULTS`] says (what the worker
+    /// publishes: task retries, dead letters, `rpc://` replies); see
+    /// [`AnyBroker::publish_with`] for another policy.
     pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        self.publish_with(msg, exchange, routing_key, &RetryPolicy::RESULTS)
+            .await
+    }
+
+    /// [`AnyBroker::publish`], retrying connection errors as `policy` says
+    /// ([`RetryPolicy::NEVER`]: one attempt).
+    pub async fn publish_with(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+        policy: &RetryPolicy,
+    ) -> Result<(), BrokerError> {
+        policy
+            .run(|| self.publish_once(msg, exchange, routing_key))
+            .await
+    }
+
+    /// One publish attempt, reconnecting first if the connection is known to be lost; a
+    /// connection error is returned, not retried (for callers that run their own
+    /// [`RetryPolicy::run`] around more than the publish).
+    pub async fn publish_once(
         &self,
         msg: &RawMessage,
         exchange: &str,
@@ -342,8 +391,8 @@ impl AnyBroker {
     ) -> Result<(), BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.publish(msg, exchange, routing_key),
-            AnyBroker::Redis(b) => b.publish(msg, exchange, routing_key).await,
-            AnyBroker::Amqp(b) => b.publish(msg, exchange, routing_key).await,
+            AnyBroker::Redis(b) => b.publish_once(msg, exchange, routing_key).await,
+            AnyBroker::Amqp(b) => b.publish_once(msg, exchange, routing_key).await,
         }
     }
 

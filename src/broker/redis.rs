@@ -47,7 +47,7 @@
 use super::url::RedisUrl;
 use super::{
     Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, PRIORITY_STEPS,
-    lossless_text, mark_redelivered, message_priority, rotate,
+    RetryPolicy, lossless_text, mark_redelivered, message_priority, rotate,
 };
 use crate::protocol::kombu::to_python_json;
 use crate::protocol::{DeliveryInfo, RawMessage};
@@ -137,7 +137,8 @@ fn py_float(f: f64) -> String {
     to_python_json(&Value::from(f))
 }
 
-/// Redis broker. Cheap to clone: clones share one auto-reconnecting connection.
+/// Redis broker. Cheap to clone: clones share one auto-reconnecting connection, and one
+/// more for publishing.
 #[derive(Clone)]
 pub struct RedisBroker {
     inner: Arc<Inner>,
@@ -146,6 +147,10 @@ pub struct RedisBroker {
 struct Inner {
     client: ::redis::Client,
     conn: ConnectionManager,
+    /// Publishing and declaring: a multiplexed connection that makes a single connection
+    /// attempt when it is lost, so the publish's [`RetryPolicy`] alone decides how long an
+    /// unreachable server is retried (the shared one retries by itself for seconds).
+    publisher: ConnectionManager,
     opts: BrokerOptions,
     url: RedisUrl,
 }
@@ -175,13 +180,18 @@ impl RedisBroker {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(connect_err)?;
+        let publisher =
+            ConnectionManager::new_with_config(client.clone(), config.set_number_of_retries(0))
+                .await
+                .map_err(connect_err)?;
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 client,
                 conn,
+                publisher,
                 opts,
                 url,
             }),
@@ -199,7 +209,21 @@ impl RedisBroker {
 
     /// Publish as kombu's `Channel.basic_publish` + `_put` do: `LPUSH` of the envelope to the
     /// priority key of every target queue (see [`AnyBroker::publish`](super::AnyBroker::publish)).
+    /// A lost connection is retried as [`RetryPolicy::RESULTS`] says.
     pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        RetryPolicy::RESULTS
+            .run(|| self.publish_once(msg, exchange, routing_key))
+            .await
+    }
+
+    /// One publish attempt (reconnecting first if the publishing connection was lost); a
+    /// connection error is returned, not retried.
+    pub async fn publish_once(
         &self,
         msg: &RawMessage,
         exchange: &str,
@@ -220,7 +244,7 @@ impl RedisBroker {
         for q in &queues {
             pipe.lpush(queue_key(q, step), &text).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn())
+        pipe.query_async::<()>(&mut self.inner.publisher.clone())
             .await
             .map_err(redis_err("LPUSH"))
     }
@@ -247,7 +271,7 @@ impl RedisBroker {
         }
         let members: Vec<Vec<u8>> = ::redis::cmd("SMEMBERS")
             .arg(format!("{BINDING_PREFIX}{exchange}"))
-            .query_async(&mut self.conn())
+            .query_async(&mut self.inner.publisher.clone())
             .await
             .map_err(redis_err("SMEMBERS _kombu.binding"))?;
         let mut queues: Vec<String> = Vec::new();
@@ -288,7 +312,7 @@ impl RedisBroker {
                 .sadd(format!("{BINDING_PERMANENT_PREFIX}{}", b.exchange), &member)
                 .ignore();
         }
-        pipe.query_async::<()>(&mut self.conn())
+        pipe.query_async::<()>(&mut self.inner.publisher.clone())
             .await
             .map_err(redis_err("SADD _kombu.binding"))
     }

@@ -1,5 +1,6 @@
 //! `apply_async`'s options, as a builder.
 
+use crate::broker::RetryPolicy;
 use crate::protocol::Serializer;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -45,6 +46,15 @@ pub struct SendOptions {
     pub time_limit: Option<f64>,
     /// Soft time limit in seconds (`timelimit[1]`).
     pub soft_time_limit: Option<f64>,
+    /// Retry the publish when the broker connection fails (`retry`; default: the client's
+    /// [`ClientConfig::publish_retry`](super::ClientConfig::publish_retry), Celery's
+    /// `task_publish_retry`). `false`: the first error fails the send.
+    pub retry: Option<bool>,
+    /// How to retry (`retry_policy`; default: the client's
+    /// [`ClientConfig::publish_retry_policy`](super::ClientConfig::publish_retry_policy)).
+    /// Unlike Celery, which merges the keys given into the default policy, this replaces the
+    /// client's policy whole: start from it (or [`RetryPolicy::default`]) and change fields.
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl SendOptions {
@@ -110,6 +120,16 @@ impl SendOptions {
     /// The name shown in logs instead of the task's.
     pub fn shadow(mut self, name: impl Into<String>) -> Self {
         self.shadow = Some(name.into());
+        self
+    }
+    /// Retry the publish on connection errors, or not.
+    pub fn retry(mut self, yes: bool) -> Self {
+        self.retry = Some(yes);
+        self
+    }
+    /// How to retry the publish.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
         self
     }
     /// Hard and soft time limits in seconds.

@@ -1,5 +1,7 @@
 //! What the interop tests that run a real Python Celery worker share.
 
+pub mod proxy;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

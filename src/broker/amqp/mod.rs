@@ -15,7 +15,8 @@
 //!   confirms it; a nack or an unroutable return is an error, never a silent loss.
 //! * **Connection loss.** The consumer reports the loss once, then reconnects with backoff,
 //!   re-declares and consumes again; RabbitMQ redelivers what was unacknowledged.
-//!   Publishing reconnects and retries for up to [`PUBLISH_RETRY_FOR`].
+//!   Publishing reopens its channel on the next attempt after a loss; how often a publish
+//!   is retried is a [`RetryPolicy`] ([`AmqpBroker::publish`]: [`RetryPolicy::RESULTS`]).
 //! * **Dead letters.** An undecodable message is republished unchanged to the durable queue
 //!   [`DEAD_LETTER_KEY`] with its reason in the headers, confirmed, and only then acked.
 
@@ -25,6 +26,7 @@ pub mod reply;
 use super::url::AmqpUrl;
 use super::{
     Acker, BrokerError, BrokerOptions, DEAD_LETTER_KEY, Delivery, ExchangeType, QueueType,
+    RetryPolicy,
 };
 use crate::protocol::RawMessage;
 use fields::short;
@@ -38,13 +40,12 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
-
-/// How long a publish keeps reconnecting and retrying before it gives up.
-pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -63,8 +64,13 @@ struct Inner {
     url: AmqpUrl,
     opts: BrokerOptions,
     tls: OwnedTLSConfig,
-    /// The confirm-mode publishing channel, opened on first use and after a loss.
-    publisher: Mutex<Option<Channel>>,
+    /// The confirm-mode publishing channel, opened on first use and after a loss, and its
+    /// epoch (a number of its own: how many were opened before it).
+    publisher: Mutex<Option<(Channel, u64)>>,
+    /// Publishing channels opened so far.
+    publisher_epochs: AtomicU64,
+    /// `rpc://` reply queues declared on the publishing connection: queue → its epoch.
+    reply_queues: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl AmqpBroker {
@@ -89,6 +95,8 @@ impl AmqpBroker {
                 opts,
                 tls,
                 publisher: Mutex::new(None),
+                publisher_epochs: AtomicU64::new(0),
+                reply_queues: std::sync::Mutex::default(),
             }),
         };
         broker.publisher().await?;
@@ -154,25 +162,74 @@ impl AmqpBroker {
 
     /// The publishing channel, (re)opened when there is none or it was lost.
     async fn publisher(&self) -> Result<Channel, BrokerError> {
+        self.publisher_and_epoch().await.map(|(ch, _)| ch)
+    }
+
+    /// The publishing channel and its epoch, which changes whenever it is reopened.
+    async fn publisher_and_epoch(&self) -> Result<(Channel, u64), BrokerError> {
         let mut slot = self.inner.publisher.lock().await;
-        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(ch.clone());
+        if let Some((ch, epoch)) = slot.as_ref().filter(|(c, _)| c.status().connected()) {
+            return Ok((ch.clone(), *epoch));
         }
         *slot = None;
+        let epoch = self.inner.publisher_epochs.fetch_add(1, Ordering::Relaxed);
         let (_conn, ch) = self.open_channel("publisher").await?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp_err("confirm.select"))?;
         // The channel keeps its connection open; the connection handle itself may go.
-        *slot = Some(ch.clone());
-        Ok(ch)
+        *slot = Some((ch.clone(), epoch));
+        Ok((ch, epoch))
+    }
+
+    /// Declare the `rpc://` reply queue `queue` (as [`AmqpBroker::consume_replies`] does) on
+    /// the publishing connection, once per connection: kombu's `maybe_declare`, which
+    /// Celery's `RPCBackend.on_task_call` runs before every task it sends. The reply queue is
+    /// `auto_delete`, so RabbitMQ deletes it while the reply consumer is disconnected; a task
+    /// sent after a reconnection, before the consumer is back, would have its reply dropped.
+    pub async fn declare_rpc_reply_queue(
+        &self,
+        queue: &str,
+        expires: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        let (ch, epoch) = self.publisher_and_epoch().await?;
+        let known = |q: &HashMap<String, u64>| q.get(queue) == Some(&epoch);
+        if known(
+            &self
+                .inner
+                .reply_queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ) {
+            return Ok(());
+        }
+        reply::declare(&ch, queue, expires).await?;
+        self.inner
+            .reply_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_owned(), epoch);
+        Ok(())
     }
 
     /// Publish and wait for RabbitMQ's confirm. The default exchange `""` routes to the
     /// queue named by the routing key; a named exchange routes through its bindings.
     /// Nothing bound to take the message is [`BrokerError::Unroutable`]; a lost connection
-    /// is retried (reconnecting) for up to [`PUBLISH_RETRY_FOR`].
+    /// is retried (reconnecting) as [`RetryPolicy::RESULTS`] says.
     pub async fn publish(
+        &self,
+        msg: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        RetryPolicy::RESULTS
+            .run(|| self.publish_once(msg, exchange, routing_key))
+            .await
+    }
+
+    /// One publish attempt on the publishing channel (reopened first when it was lost),
+    /// waiting for RabbitMQ's confirm. A connection error is returned, not retried.
+    pub async fn publish_once(
         &self,
         msg: &RawMessage,
         exchange: &str,
@@ -181,46 +238,33 @@ impl AmqpBroker {
         let props = fields::properties(msg)?;
         let exchange_name = short(exchange, "exchange name")?;
         let key = short(routing_key, "routing key")?;
-        let give_up = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = async {
-                let ch = self.publisher().await?;
-                let confirm = ch
-                    .basic_publish(
-                        exchange_name.clone(),
-                        key.clone(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &msg.body,
-                        props.clone(),
-                    )
-                    .await
-                    .map_err(amqp_err("basic.publish"))?;
-                confirm.await.map_err(amqp_err("publisher confirm"))
-            };
-            match attempt.await {
-                Ok(Confirmation::Ack(None)) => return Ok(()),
-                Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                    return Err(BrokerError::Unroutable {
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
-                    });
-                }
-                Ok(Confirmation::Nack(None) | Confirmation::NotRequested) => {
-                    return Err(BrokerError::NotConfirmed {
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
-                    });
-                }
-                Err(err) if err.is_connection_error() && tokio::time::Instant::now() < give_up => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "publish failed; reconnecting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(err) => return Err(err),
+        let ch = self.publisher().await?;
+        let confirm = ch
+            .basic_publish(
+                exchange_name,
+                key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &msg.body,
+                props,
+            )
+            .await
+            .map_err(amqp_err("basic.publish"))?;
+        match confirm.await.map_err(amqp_err("publisher confirm"))? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(BrokerError::Unroutable {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                })
+            }
+            Confirmation::Nack(None) | Confirmation::NotRequested => {
+                Err(BrokerError::NotConfirmed {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                })
             }
         }
     }

@@ -46,14 +46,12 @@ fn queue_arguments(expires: Option<Duration>) -> FieldTable {
     args
 }
 
-/// Declare `queue` and consume it; the first connection happens here, so its errors are
-/// returned at once.
-async fn open(
-    broker: &AmqpBroker,
+/// Declare the reply queue `queue` on `ch`: durable, auto_delete, `x-expires`.
+pub(super) async fn declare(
+    ch: &lapin::Channel,
     queue: &str,
     expires: Option<Duration>,
-) -> Result<(lapin::Channel, lapin::Consumer), BrokerError> {
-    let (_conn, ch) = broker.open_channel("replies").await?;
+) -> Result<(), BrokerError> {
     ch.queue_declare(
         short(queue, "queue name")?,
         QueueDeclareOptions {
@@ -64,10 +62,22 @@ async fn open(
         queue_arguments(expires),
     )
     .await
+    .map(drop)
     .map_err(|source| BrokerError::Declare {
         queue: queue.to_owned(),
         source,
-    })?;
+    })
+}
+
+/// Declare `queue` and consume it; the first connection happens here, so its errors are
+/// returned at once.
+async fn open(
+    broker: &AmqpBroker,
+    queue: &str,
+    expires: Option<Duration>,
+) -> Result<(lapin::Channel, lapin::Consumer), BrokerError> {
+    let (_conn, ch) = broker.open_channel("replies").await?;
+    declare(&ch, queue, expires).await?;
     let consumer = ch
         .basic_consume(
             short(queue, "queue name")?,
