@@ -435,6 +435,15 @@ impl AnyBroker {
         }
     }
 
+    /// Redis: how long an unacknowledged message stays reserved before it is restored to
+    /// its queue (kombu's `visibility_timeout`). `None` for brokers without one.
+    pub fn visibility_timeout(&self) -> Option<Duration> {
+        match self {
+            AnyBroker::Redis(b) => Some(b.visibility_timeout()),
+            AnyBroker::Memory(_) | AnyBroker::Amqp(_) => None,
+        }
+    }
+
     /// Banner text for the broker, password masked.
     pub fn describe(&self) -> String {
         match self {
@@ -496,7 +505,11 @@ pub struct Delivery {
     pub message: RawMessage,
     tag: String,
     acker: Option<Acker>,
+    /// What makes it count against the prefetch limit: a permit of the consumer's window
+    /// (memory, Redis), or RabbitMQ's own count (`None` here).
     _permit: Option<OwnedSemaphorePermit>,
+    /// RabbitMQ: the window was widened by one for this delivery; narrowed again on drop.
+    _widened: Option<amqp::PrefetchLoan>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -520,6 +533,24 @@ impl Delivery {
             tag,
             acker: Some(acker),
             _permit: permit,
+            _widened: None,
+        }
+    }
+
+    /// Stop counting this delivery against the consumer's prefetch limit until it is
+    /// settled, so a message the worker holds (waiting for its eta) does not hold back
+    /// others. Celery raises the channel's prefetch by one per such message
+    /// (`qos.increment_eventually`); on RabbitMQ this does the same (`basic.qos` with the
+    /// count raised by one, lowered again when the delivery is dropped), on Redis and
+    /// memory the delivery's prefetch slot is freed. Calling it again does nothing.
+    pub fn release_prefetch(&mut self) {
+        if self._permit.take().is_some() {
+            return;
+        }
+        if self._widened.is_none()
+            && let Some(Acker::Amqp(a)) = &self.acker
+        {
+            self._widened = a.widen_prefetch();
         }
     }
 

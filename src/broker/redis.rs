@@ -203,6 +203,11 @@ impl RedisBroker {
         self.inner.url.masked()
     }
 
+    /// kombu's `visibility_timeout`: unacknowledged messages older than this are restored.
+    pub fn visibility_timeout(&self) -> Duration {
+        self.inner.opts.visibility_timeout
+    }
+
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }

@@ -56,7 +56,7 @@ impl Shared {
 }
 
 /// Run one delivery through the pipeline. Never fails: every outcome is stored or logged.
-pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
+pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
     // 1. decode
     let msg = match protocol::decode(&delivery.message) {
         Ok(msg) => msg,
@@ -103,6 +103,17 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         .eta
         .and_then(|eta| (eta - Utc::now()).to_std().ok())
     {
+        // Held for its eta: it must not count against the prefetch limit meanwhile, or
+        // enough far-off etas would stop the worker from taking any other message.
+        delivery.release_prefetch();
+        if let Some(visibility) = shared.broker.visibility_timeout()
+            && wait > visibility
+        {
+            tracing::warn!(
+                task = %name, id = %id, eta_in = ?wait, visibility_timeout = ?visibility,
+                "the eta lies beyond the Redis visibility timeout: the message will be restored to its queue and may run twice (raise visibility_timeout above the longest eta)"
+            );
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stopped(&mut stop) => { settle(delivery.restore().await); return; }

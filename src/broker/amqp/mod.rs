@@ -7,9 +7,13 @@
 //!   [`QueueBinding`](super::QueueBinding)s (Celery's `task_queues`). Queue arguments come from [`BrokerOptions`]:
 //!   `x-max-priority` and `x-queue-type: quorum`. They must match what the queue already
 //!   has; RabbitMQ refuses a mismatch and the error says so.
-//! * **Consuming.** One connection and one channel per consumer, `basic.qos(prefetch)`
-//!   per consumer (kombu's `apply_global=False`), explicit acks. Early or late ack is the
-//!   worker's choice; `requeue` and `restore` are `basic.reject(requeue=true)`.
+//! * **Consuming.** One connection and one channel per consumer, explicit acks. The
+//!   prefetch limit is `basic.qos(prefetch, global=true)`, shared by the consumer's queues,
+//!   as Celery 5.7 sets it on RabbitMQ (`qos_global`); for quorum queues, which refuse
+//!   global QoS, it is per queue and static, as in Celery. A message held for its eta
+//!   widens the window by one ([`Delivery::release_prefetch`](super::Delivery::release_prefetch)).
+//!   Early or late ack is the worker's choice; `requeue` and `restore` are
+//!   `basic.reject(requeue=true)`.
 //! * **Publishing** (retries, results, dead letters) goes through one confirm-mode channel
 //!   on its own connection, `mandatory` set: a message is published only once RabbitMQ
 //!   confirms it; a nack or an unroutable return is an error, never a silent loss.
@@ -21,6 +25,10 @@
 //!   [`DEAD_LETTER_KEY`] with its reason in the headers, confirmed, and only then acked.
 
 mod fields;
+mod prefetch;
+
+pub(crate) use prefetch::PrefetchLoan;
+use prefetch::PrefetchWindow;
 pub mod reply;
 
 use super::url::AmqpUrl;
@@ -32,7 +40,7 @@ use crate::protocol::RawMessage;
 use fields::short;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
@@ -395,8 +403,8 @@ impl AmqpBroker {
         Ok(q.message_count())
     }
 
-    /// Start consuming `queues` with at most `prefetch` unacknowledged deliveries per queue
-    /// (`0`: no limit). The first connection and the declarations happen here, so their
+    /// Start consuming `queues` with at most `prefetch` unacknowledged deliveries in all
+    /// (quorum queues: per queue; `0`: no limit). The first connection and the declarations happen here, so their
     /// errors are returned at once; later losses are reported by [`AmqpConsumer::next`].
     pub async fn consume(
         &self,
@@ -406,10 +414,13 @@ impl AmqpBroker {
         if queues.is_empty() {
             return Err(BrokerError::NoQueues);
         }
-        let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
-        let session = Session::open(self, queues, prefetch).await?;
+        // Celery's `qos_global`: global on classic queues, per consumer (and static) on quorum
+        // queues, which do not support global QoS.
+        let global = self.inner.opts.queue_type != QueueType::Quorum;
+        let window = PrefetchWindow::new(u16::try_from(prefetch).unwrap_or(u16::MAX), global);
+        let session = Session::open(self, queues, &window).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let fetcher = tokio::spawn(fetch(self.clone(), queues.to_vec(), prefetch, session, tx));
+        let fetcher = tokio::spawn(fetch(self.clone(), queues.to_vec(), window, session, tx));
         Ok(AmqpConsumer { rx, fetcher })
     }
 }
@@ -607,10 +618,10 @@ impl Session {
     async fn open(
         broker: &AmqpBroker,
         queues: &[String],
-        prefetch: u16,
+        window: &PrefetchWindow,
     ) -> Result<Session, BrokerError> {
         let (_conn, ch) = broker.open_channel("consumer").await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default())
+        ch.basic_qos(window.count(), window.options())
             .await
             .map_err(amqp_err("basic.qos"))?;
         broker
@@ -630,10 +641,9 @@ impl Session {
                 .map_err(amqp_err("basic.consume"))?;
             consumers.push(consumer);
         }
-        Ok(Session {
-            channel: Arc::new(ch),
-            consumers,
-        })
+        let channel = Arc::new(ch);
+        window.set_channel(channel.clone());
+        Ok(Session { channel, consumers })
     }
 }
 
@@ -642,12 +652,12 @@ impl Session {
 async fn fetch(
     broker: AmqpBroker,
     queues: Vec<String>,
-    prefetch: u16,
+    window: Arc<PrefetchWindow>,
     mut session: Session,
     tx: mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
 ) {
     loop {
-        let lost = run_session(&broker, &session, &tx).await;
+        let lost = run_session(&broker, &session, &window, &tx).await;
         let Some(err) = lost else {
             return; // the consumer is gone
         };
@@ -661,7 +671,7 @@ async fn fetch(
                 () = tx.closed() => return,
                 () = tokio::time::sleep(backoff) => {}
             }
-            match Session::open(&broker, &queues, prefetch).await {
+            match Session::open(&broker, &queues, &window).await {
                 Ok(s) => {
                     tracing::info!("AMQP consumer reconnected");
                     break s;
@@ -681,6 +691,7 @@ async fn fetch(
 async fn run_session(
     broker: &AmqpBroker,
     session: &Session,
+    window: &Arc<PrefetchWindow>,
     tx: &mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
 ) -> Option<BrokerError> {
     // Each delivery keeps the name of the queue it came from (for dead letters).
@@ -707,6 +718,7 @@ async fn run_session(
                     channel: session.channel.clone(),
                     tag: d.delivery_tag,
                     queue,
+                    window: window.clone(),
                 };
                 let delivery = Delivery::new(
                     message,
@@ -793,9 +805,16 @@ pub(crate) struct AmqpAcker {
     tag: u64,
     /// The queue it was consumed from.
     queue: String,
+    /// The consumer's prefetch window.
+    window: Arc<PrefetchWindow>,
 }
 
 impl AmqpAcker {
+    /// Widen the consumer's prefetch window by one until the loan is dropped.
+    pub(crate) fn widen_prefetch(&self) -> Option<PrefetchLoan> {
+        self.window.widen()
+    }
+
     pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
         self.channel
             .basic_ack(self.tag, lapin::options::BasicAckOptions::default())
