@@ -109,6 +109,12 @@ fn explode(key: String) -> i64 {
     panic!("kaboom {key}")
 }
 
+/// Returns when it started, in seconds since the epoch.
+#[celeriac::task(name = "wm.started_at")]
+fn started_at() -> f64 {
+    Utc::now().timestamp_micros() as f64 / 1e6
+}
+
 /// Sleeps asynchronously; stopped by a 0.2 s hard time limit.
 #[celeriac::task(name = "wm.hard_limited", time_limit = 0.2)]
 async fn hard_limited(seconds: f64) -> f64 {
@@ -438,6 +444,40 @@ async fn eta_delays_the_task_until_its_time() {
     assert_eq!(meta.status, TaskState::Success);
     let done_at = meta.date_done.expect("SUCCESS has date_done");
     assert!(done_at >= eta, "done at {done_at}, before its eta {eta}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_aware_and_offset_etas_all_run_on_time() {
+    let h = start("eta-forms", |c| c.concurrency = 3).await;
+    let eta = (Utc::now() + chrono::Duration::milliseconds(500)).trunc_subsecs(6);
+    // The same instant written three ways: UTC with an offset (what Celery 5 sends), naive
+    // (read as UTC, as Celery does), and at +02:00.
+    let forms = [
+        eta.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+        eta.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        eta.with_timezone(&chrono::FixedOffset::east_opt(7200).unwrap())
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+    ];
+    let mut ids = Vec::new();
+    for form in &forms {
+        let msg = message("wm.started_at", json!([]));
+        let mut raw: RawMessage = protocol::encode(&msg).expect("encode");
+        raw.headers.insert("eta".into(), json!(form));
+        h.broker.publish(&raw, "", "celery").await.expect("publish");
+        ids.push(msg.headers.id);
+    }
+    let eta_secs = eta.timestamp_micros() as f64 / 1e6;
+    for (form, id) in forms.iter().zip(&ids) {
+        let meta = h.wait(id).await;
+        assert_eq!(meta.status, TaskState::Success, "eta {form}");
+        let late = meta.result.as_f64().unwrap() - eta_secs;
+        // Never early; how late depends on the machine (the goal is 100 ms; a busy
+        // CI runner gets a generous bound so this never fails for load alone).
+        assert!(late >= 0.0, "eta {form}: started {late:.3} s early");
+        assert!(late < 2.0, "eta {form}: started {late:.3} s late");
+        println!("eta {form}: started {:.1} ms after it", late * 1000.0);
+    }
     h.shutdown().await;
 }
 
