@@ -4,15 +4,18 @@
 //!
 //! ```text
 //! broker/      Consumer::next()                 -> Delivery { raw message, its own acker }
-//! worker/      take a concurrency permit; spawn the pipeline
+//! worker/      spawn the pipeline for it
 //! worker/pipeline.rs, top to bottom, once:
 //!   1 protocol/decode    raw -> TaskMessage            error -> dead-letter the delivery
 //!   2 registry           look the task up by name      none  -> store FAILURE NotRegistered, ack
-//!   3 broker             early ack (Celery's default)  unless acks_late
-//!   4 task/args          args + kwargs -> typed params error -> FAILURE TypeError
-//!   5 task/call          spawn or spawn_blocking; panic -> FAILURE
-//!   6 outcome            retry -> publish a copy; success / failure -> backend store
-//!   7 broker             late ack
+//!   3                    expired? revoked?             store REVOKED, ack
+//!   4                    eta (off the prefetch count), rate limit, then a concurrency slot
+//!   5 broker             early ack (Celery's default)  unless acks_late
+//!   6 task/args          args + kwargs -> typed params error -> FAILURE TypeError
+//!   7 task/call          spawn or spawn_blocking under the time limits; panic -> FAILURE
+//!   8 outcome            retry (asked or autoretry) -> publish a copy; reject -> requeue or
+//!                        drop; success / failure -> backend store
+//!   9 broker             late ack (or requeue, per acks_on_failure_or_timeout)
 //! ```
 
 pub mod backend;
