@@ -18,7 +18,7 @@
 
 use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
-use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage};
+use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage, TaskState};
 use super::rate::RateLimits;
 use super::revoked::RevokedIds;
 use crate::protocol::result_meta::Extended;
@@ -373,8 +373,13 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
         Ok(()) => {
             tracing::info!(task = %msg.headers.task, id = %msg.headers.id, retries, "task retry scheduled");
             if !ignores_result(msg, Some(entry)) {
-                let exc = request.cause.as_ref().unwrap_or(&err).to_exception_info();
-                let mut meta = shared.meta(ResultMeta::retry(&msg.headers.id, exc, None), msg);
+                // Celery stores the `exc` given to `retry()`, and `None` when there was none.
+                let id = &msg.headers.id;
+                let mut meta = match &request.cause {
+                    Some(cause) => ResultMeta::retry(id, cause.to_exception_info(), None),
+                    None => ResultMeta::new(id, TaskState::Retry, serde_json::Value::Null),
+                };
+                meta = shared.meta(meta, msg);
                 meta.children = Some(vec![serde_json::json!([[msg.headers.id, null], null])]);
                 store(&shared.backend, &meta, msg).await;
             }
