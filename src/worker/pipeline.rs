@@ -18,6 +18,7 @@
 
 use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
+use crate::protocol::kombu::py_repr;
 use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage, TaskState};
 use super::rate::RateLimits;
 use super::revoked::RevokedIds;
@@ -329,11 +330,15 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
         .unwrap_or(3);
     if retries > max_retries {
         let exc = request.cause.clone().unwrap_or_else(|| {
+            // Celery formats the retry signature's args (a tuple) and kwargs with `str()`.
             TaskError::new(
                 "MaxRetriesExceededError",
                 format!(
-                    "Can't retry {}[{}] args:{:?} kwargs:{:?}",
-                    msg.headers.task, msg.headers.id, msg.args, msg.kwargs
+                    "Can't retry {}[{}] args:{} kwargs:{}",
+                    msg.headers.task,
+                    msg.headers.id,
+                    py_tuple_repr(&msg.args),
+                    py_repr(&serde_json::Value::Object(msg.kwargs.clone())),
                 ),
             )
             .with_module("celery.exceptions")
@@ -452,6 +457,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Python's `str()` of a tuple of these values: `()`, `(1,)`, `(1, 'a')`.
+fn py_tuple_repr(items: &[serde_json::Value]) -> String {
+    match items {
+        [one] => format!("({},)", py_repr(one)),
+        _ => {
+            let reprs: Vec<String> = items.iter().map(py_repr).collect();
+            format!("({})", reprs.join(", "))
+        }
+    }
+}
+
 /// Store a state change; the RPC backend sends it to the reply queue the message names.
 async fn store(backend: &AnyBackend, meta: &ResultMeta, msg: &TaskMessage) {
     // Only the RPC backend sends anywhere but the task id's key; spare the others the copies.
@@ -472,7 +488,18 @@ fn settle(result: Result<(), crate::broker::BrokerError>) {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, py_tuple_repr};
+    use serde_json::json;
+
+    #[test]
+    fn tuples_are_written_as_python_does() {
+        assert_eq!(py_tuple_repr(&[]), "()");
+        assert_eq!(py_tuple_repr(&[json!(10)]), "(10,)");
+        assert_eq!(
+            py_tuple_repr(&[json!("a"), json!(null), json!([1.5])]),
+            "('a', None, [1.5])"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_and_jitter_stays_below_it() {
