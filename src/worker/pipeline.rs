@@ -355,7 +355,10 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
             .default_retry_delay
             .unwrap_or(Duration::from_secs(180)),
     );
-    next.headers.eta = Some(request.eta.unwrap_or_else(|| Utc::now() + countdown));
+    // A countdown of 0 sends no eta (Celery's `if countdown: eta = now + countdown`).
+    next.headers.eta = request
+        .eta
+        .or_else(|| (!countdown.is_zero()).then(|| Utc::now() + countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());
     next.headers.argsrepr = None;
     next.headers.kwargsrepr = None;
