@@ -6,7 +6,8 @@
 //!    stored and the message acked;
 //! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
 //!    concurrency slot);
-//! 5. take a concurrency slot; early ack (Celery's default) unless acks-late (a failed
+//! 5. take a concurrency slot, then check 3 again (it may have expired or been revoked
+//!    while it waited); early ack (Celery's default) unless acks-late (a failed
 //!    early ack leaves the message to the broker, which delivers it again: it is not run);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
@@ -82,17 +83,8 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     };
 
     // 3. expired or revoked
-    let revoked = if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
-        Some("expired")
-    } else if shared.revoked.contains(&id) {
-        Some("revoked")
-    } else {
-        None
-    };
-    if let Some(reason) = revoked {
-        tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
-        let meta = shared.meta(ResultMeta::revoked(&id, reason), &msg);
-        store(&shared.backend, &meta, &msg).await;
+    if let Some(reason) = discarded(&shared, &msg) {
+        discard(&shared, &msg, reason).await;
         settle(delivery.ack().await);
         return;
     }
@@ -125,6 +117,14 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         slot = shared.slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
         () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
     };
+    // Checked again now that it is to run, as Celery's `execute_using_pool` does: it may
+    // have expired, or been revoked, while it waited for its eta, its rate or a slot.
+    if let Some(reason) = discarded(&shared, &msg) {
+        drop(slot);
+        discard(&shared, &msg, reason).await;
+        settle(delivery.ack().await);
+        return;
+    }
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
     let late = if acks_late {
@@ -202,6 +202,26 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
             Late::Requeue => delivery.requeue().await,
         });
     }
+}
+
+/// Why a message is not to run: `"expired"` (its `expires` has passed) or `"revoked"` (its
+/// id is in the revoked set); `None` when it is to run.
+fn discarded(shared: &Shared, msg: &TaskMessage) -> Option<&'static str> {
+    if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
+        Some("expired")
+    } else if shared.revoked.contains(&msg.headers.id) {
+        Some("revoked")
+    } else {
+        None
+    }
+}
+
+/// Store REVOKED for a message that is not run (the caller acks it).
+async fn discard(shared: &Shared, msg: &TaskMessage, reason: &str) {
+    let (name, id) = (&msg.headers.task, &msg.headers.id);
+    tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
+    let meta = shared.meta(ResultMeta::revoked(id, reason), msg);
+    store(&shared.backend, &meta, msg).await;
 }
 
 /// What to do with a late-acked message once its task is over.
