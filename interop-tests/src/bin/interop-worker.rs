@@ -8,6 +8,9 @@ use clap::Parser;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+#[path = "interop-worker/semantics.rs"]
+mod semantics;
+
 /// A Celeriac worker with the interop tasks.
 #[derive(Parser, Debug)]
 #[command(name = "interop-worker", version)]
@@ -61,6 +64,22 @@ struct Args {
     /// (type direct, topic or fanout), as Celery's `task_queues` does; repeatable.
     #[arg(long = "queue-binding")]
     queue_bindings: Vec<celeriac::broker::QueueBinding>,
+    /// Hard time limit in seconds of tasks that set none (Celery's `--time-limit`).
+    #[arg(long = "time-limit")]
+    time_limit: Option<f64>,
+    /// Soft time limit in seconds of tasks that set none (Celery's `--soft-time-limit`).
+    #[arg(long = "soft-time-limit")]
+    soft_time_limit: Option<f64>,
+    /// Store the task's name, args, kwargs, worker, retries and queue with its result
+    /// (Celery's `result_extended`).
+    #[arg(long = "result-extended")]
+    result_extended: bool,
+    /// Keep revoked task ids in this file across restarts (Celery's `--statedb`).
+    #[arg(long = "statedb")]
+    statedb: Option<std::path::PathBuf>,
+    /// Store STARTED when a task begins (Celery's `task_track_started`).
+    #[arg(long = "track-started")]
+    track_started: bool,
 }
 
 #[task(name = "interop.noop")]
@@ -179,12 +198,31 @@ async fn main() -> anyhow::Result<()> {
         max_priority: args.max_priority,
         broker_ca_file: args.broker_ca_file,
         queue_bindings: args.queue_bindings,
+        time_limit: limit("--time-limit", args.time_limit)?,
+        soft_time_limit: limit("--soft-time-limit", args.soft_time_limit)?,
+        result_extended: args.result_extended,
+        state_db: args.statedb,
+        track_started: args.track_started,
         ..defaults
     };
     let worker = Worker::connect(config).await?;
+    semantics::REVOKED
+        .set(worker.revoked().clone())
+        .expect("the worker is connected once");
     println!("{}", worker.banner());
     worker.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// A time limit flag: seconds, more than 0 (0 means none, as in Celery).
+fn limit(flag: &str, seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s == 0.0 => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{flag} {s}: {e}")),
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
