@@ -167,8 +167,19 @@ async fn whoami(request: &Request) -> Value {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(run());
+    // A blocking task stopped by its hard time limit was abandoned, not ended: its thread
+    // may still be sleeping in the blocking pool. Dropping the runtime would wait for it;
+    // the worker has stopped, so leave it behind (Celery kills such a pool process).
+    runtime.shutdown_background();
+    outcome
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -217,8 +228,7 @@ async fn main() -> anyhow::Result<()> {
 /// A time limit flag: seconds, more than 0 (0 means none, as in Celery).
 fn limit(flag: &str, seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
     match seconds {
-        None => Ok(None),
-        Some(s) if s == 0.0 => Ok(None),
+        None | Some(0.0) => Ok(None),
         Some(s) => Duration::try_from_secs_f64(s)
             .map(Some)
             .map_err(|e| anyhow::anyhow!("{flag} {s}: {e}")),
