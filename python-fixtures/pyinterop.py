@@ -16,16 +16,28 @@ from the environment, set by the suite's conftest:
 - ``PYINTEROP_VISIBILITY_TIMEOUT=<seconds>``: the Redis transport's
   ``visibility_timeout`` (``--visibility-timeout``). Restore sweeps then run every
   second so that a killed worker's messages come back soon after the timeout,
-  as they should from the Rust worker. Redis only: AMQP has no visibility timeout.
+  as they should from the Rust worker. Redis only: AMQP has no visibility timeout;
+- ``PYINTEROP_RESULT_EXTENDED=1``: Celery's ``result_extended`` (``--result-extended``);
+- ``PYINTEROP_TRACK_STARTED=1``: Celery's ``task_track_started`` (``--track-started``).
+
+``--time-limit``, ``--soft-time-limit`` and ``--statedb`` are ``celery worker``'s own
+options (time limits need the prefork pool: ``-P prefork``).
+
+The ``interop.semantics.*`` tasks mirror the Rust worker's (interop-worker/semantics.rs),
+with the same Celery options.
 
 The broker and backend come from ``celery -b URL --result-backend URL``: Redis or AMQP
 (``amqp://``) for the broker, Redis or ``rpc://`` for the backend.
 """
 
 import os
+import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 from celery import Celery, bootsteps
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.utils.time import maybe_iso8601
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -80,6 +92,12 @@ app.steps["worker"].add(WakeUp)
 # 10 s ones make it about half a minute. The Rust worker has no such stall to mask; the
 # broker-restart test holds either worker to the same outcome.
 app.conf.broker_heartbeat = 10
+
+if os.environ.get("PYINTEROP_RESULT_EXTENDED") == "1":
+    app.conf.result_extended = True
+
+if os.environ.get("PYINTEROP_TRACK_STARTED") == "1":
+    app.conf.task_track_started = True
 
 if os.environ.get("PYINTEROP_QUEUE_BINDINGS"):
     from kombu import Exchange, Queue
@@ -211,3 +229,216 @@ def whoami(self):
         "parent_id": req.parent_id,
         "delivery_info": dict(req.delivery_info or {}),
     }
+
+
+# --- interop.semantics.*: Celery's execution options, one task each -------------------
+#
+# Each task notes its runs (task id -> one entry per run) in this process, returned by
+# ``interop.semantics.runs``. With the prefork pool each child has its own log, so the
+# tests that read it run on the thread pool.
+
+_RUNS = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def _epoch(value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = maybe_iso8601(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _record(req):
+    run = {
+        "retries": req.retries,
+        "started": time.time(),
+        "eta": _epoch(req.eta),
+        "redelivered": bool((req.delivery_info or {}).get("redelivered")),
+        "hostname": req.hostname,
+    }
+    with _RUNS_LOCK:
+        runs = _RUNS.setdefault(req.id, [])
+        runs.append(run)
+        return list(runs)
+
+
+@app.task(name="interop.semantics.runs")
+def semantics_runs(task_id):
+    """The runs of ``task_id`` in this worker process so far."""
+    with _RUNS_LOCK:
+        return list(_RUNS.get(task_id, []))
+
+
+@app.task(name="interop.semantics.record", bind=True)
+def semantics_record(self, value=None):
+    """Note the run and return ``value``."""
+    _record(self.request)
+    return value
+
+
+@app.task(name="interop.semantics.context", bind=True)
+def semantics_context(self, value=None, retry_times=None):
+    """The whole request context (after ``retry_times`` retries, 0.1 s apart)."""
+    req = self.request
+    _record(req)
+    if req.retries < (retry_times or 0):
+        raise self.retry(countdown=0.1)
+    timelimit = req.timelimit
+    return {
+        "id": req.id,
+        "name": req.task,
+        "args": list(req.args or []),
+        "kwargs": dict(req.kwargs or {}),
+        "retries": req.retries,
+        "eta": req.eta,
+        "expires": req.expires,
+        "root_id": req.root_id,
+        "parent_id": req.parent_id,
+        "group": req.group,
+        "group_index": req.group_index,
+        "correlation_id": req.correlation_id,
+        "reply_to": req.reply_to,
+        "hostname": req.hostname,
+        "delivery_info": dict(req.delivery_info or {}),
+        "headers": dict(req.headers or {}),
+        "timelimit": list(timelimit) if timelimit else [None, None],
+        "ignore_result": req.ignore_result,
+    }
+
+
+@app.task(name="interop.semantics.retry", bind=True)
+def semantics_retry(self, failures, countdown=None, eta_in=None, max_retries=None, exc=None):
+    """Retry with these options while ``retries < failures``; then return the runs."""
+    runs = _record(self.request)
+    if self.request.retries >= failures:
+        return runs
+    cause = ValueError(f"{exc} {self.request.retries}") if exc is not None else None
+    eta = datetime.now(timezone.utc) + timedelta(seconds=eta_in) if eta_in is not None else None
+    raise self.retry(exc=cause, countdown=countdown, eta=eta, max_retries=max_retries)
+
+
+def _attempt_failure(exc_type, req):
+    kinds = {"ConnectionError": ConnectionError, "ValueError": ValueError, "KeyError": KeyError}
+    return kinds[exc_type or "ConnectionError"](f"attempt {req.retries}")
+
+
+@app.task(name="interop.semantics.autoretry", bind=True, autoretry_for=(ConnectionError,),
+          max_retries=3, retry_backoff=1, retry_backoff_max=2, retry_jitter=False)
+def semantics_autoretry(self, failures, exc_type=None):
+    """Fail while ``retries < failures``; autoretry on ConnectionError with backoff."""
+    runs = _record(self.request)
+    if self.request.retries < failures:
+        raise _attempt_failure(exc_type, self.request)
+    return runs
+
+
+@app.task(name="interop.semantics.autoretry_jitter", bind=True, autoretry_for=(Exception,),
+          max_retries=5, retry_backoff=2, retry_backoff_max=2, retry_jitter=True)
+def semantics_autoretry_jitter(self, failures, exc_type=None):
+    """Fail while ``retries < failures``; autoretry on anything, with full jitter."""
+    runs = _record(self.request)
+    if self.request.retries < failures:
+        raise _attempt_failure(exc_type, self.request)
+    return runs
+
+
+@app.task(name="interop.semantics.autoretry_plain", bind=True, autoretry_for=(ConnectionError,),
+          max_retries=1, default_retry_delay=1)
+def semantics_autoretry_plain(self, failures):
+    """Fail while ``retries < failures``; autoretry after default_retry_delay."""
+    runs = _record(self.request)
+    if self.request.retries < failures:
+        raise _attempt_failure(None, self.request)
+    return runs
+
+
+@app.task(name="interop.semantics.limited_sleep", time_limit=1)
+def semantics_limited_sleep(seconds):
+    """``interop.sleep`` with a 1 s hard time limit."""
+    time.sleep(_seconds(seconds))
+    return seconds
+
+
+@app.task(name="interop.semantics.limited_blocking_sleep", time_limit=1)
+def semantics_limited_blocking_sleep(seconds):
+    """``interop.blocking_sleep`` with a 1 s hard time limit."""
+    time.sleep(_seconds(seconds))
+    return seconds
+
+
+def _sleep_to_soft_limit(seconds, catch):
+    start = time.monotonic()
+    try:
+        time.sleep(_seconds(seconds))
+    except SoftTimeLimitExceeded:
+        if catch:
+            return {"soft_limit": True, "elapsed": time.monotonic() - start}
+        raise
+    return {"soft_limit": False, "elapsed": time.monotonic() - start}
+
+
+@app.task(name="interop.semantics.soft_sleep")
+def semantics_soft_sleep(seconds, catch=False):
+    """Sleep unless the soft time limit in force (message's, else worker's) comes first."""
+    return _sleep_to_soft_limit(seconds, catch)
+
+
+@app.task(name="interop.semantics.soft_limited", soft_time_limit=1, time_limit=10)
+def semantics_soft_limited(seconds, catch=False):
+    """Sleep unless the task's own 1 s soft time limit comes first."""
+    return _sleep_to_soft_limit(seconds, catch)
+
+
+@app.task(name="interop.semantics.soft_limited_blocking", soft_time_limit=1, time_limit=10)
+def semantics_soft_limited_blocking(seconds, catch=False):
+    """The same in Python (the Rust twin is a blocking function polling its limit)."""
+    return _sleep_to_soft_limit(seconds, catch)
+
+
+@app.task(name="interop.semantics.rated", bind=True, rate_limit="5/s")
+def semantics_rated(self):
+    """At most 5 starts a second; return the start time."""
+    _record(self.request)
+    return time.time()
+
+
+@app.task(name="interop.semantics.ignored", bind=True, ignore_result=True)
+def semantics_ignored(self, value=None):
+    """Note the run and return ``value``; the result is never stored."""
+    _record(self.request)
+    return value
+
+
+@app.task(name="interop.semantics.tracked", track_started=True)
+def semantics_tracked(seconds):
+    """Sleep; STARTED is stored when it begins."""
+    time.sleep(_seconds(seconds))
+    return seconds
+
+
+@app.task(name="interop.semantics.late_sleep", acks_late=True)
+def semantics_late_sleep(seconds):
+    """Sleep; the message is acknowledged when it ends."""
+    time.sleep(_seconds(seconds))
+    return seconds
+
+
+@app.task(name="interop.semantics.reject", bind=True, acks_late=True)
+def semantics_reject(self, requeue):
+    """Reject the message on the first run; a requeued one returns runs and redelivered."""
+    runs = _record(self.request)
+    if len(runs) == 1:
+        raise Reject(f"rejected on run 1 (requeue={requeue})", requeue=requeue)
+    return {"runs": len(runs), "redelivered": bool(self.request.delivery_info.get("redelivered"))}
+
+
+@app.task(name="interop.semantics.revoke")
+def semantics_revoke(task_ids):
+    """Add ids to the worker's revoked set (what the ``revoke`` control command does)."""
+    from celery.worker import state as worker_state
+    for task_id in task_ids:
+        worker_state.revoked.add(task_id)
+    return len(worker_state.revoked)

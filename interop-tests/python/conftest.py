@@ -6,7 +6,9 @@ The worker under test is chosen by ``INTEROP_WORKER``:
   ``target/release/interop-worker``, else ``target/debug/interop-worker``), driven with
   the flags of shared INTEROP.md;
 - ``python``: the Celery stand-in ``python-fixtures/pyinterop.py`` run by
-  ``celery -A pyinterop worker -P threads``, the same flags mapped to Celery's options.
+  ``celery -A pyinterop worker -P threads``, the same flags mapped to Celery's options
+  (a module or test may ask for another pool, ``pool="prefork"``: Celery's time limits
+  need it; the Rust worker ignores the pool).
 
 Tests marked ``rust_only`` check behaviour only the Rust worker promises; they are
 deselected automatically against the stand-in and run by default.
@@ -22,8 +24,10 @@ test id):
 module restricted with ``@pytest.mark.transports(...)`` (e.g. because it reads kombu's Redis
 bookkeeping) runs only on those; where none of them is selected it is deselected.
 
-Isolation: each test module picks its own Redis database (module attribute ``DB``, 10-15),
-flushed before the module runs on a transport that uses Redis; on AMQP each module and
+Isolation: each test module picks its own Redis database (module attribute ``DB``, 10-15;
+``test_routing`` uses 4, the ``test_semantics_*`` modules share 6: modules run one after
+another, so modules may share a database), flushed before the module runs on a transport
+that uses Redis; on AMQP each module and
 transport gets its own vhost ``<base vhost>-<DB>-<transport>``, deleted and re-created with
 ``rabbitmqctl`` (``INTEROP_RABBITMQCTL`` overrides the command) before the module runs. A
 broker that is not reachable fails the run; nothing is skipped.
@@ -344,7 +348,10 @@ class WorkerProcess:
     def __init__(self, kind: str, transport: Transport, log_dir: Path, *, queues: str = "celery",
                  concurrency: int = 4, prefetch_multiplier: int = 4, hostname: str | None = None,
                  acks_late: bool = False, visibility_timeout: float | None = None,
-                 queue_bindings: tuple = ()):
+                 queue_bindings: tuple = (), time_limit: float | None = None,
+                 soft_time_limit: float | None = None, result_extended: bool = False,
+                 statedb: Path | None = None, track_started: bool = False,
+                 pool: str = "threads"):
         self.kind = kind
         self.transport = transport
         self.queues = queues
@@ -373,11 +380,16 @@ class WorkerProcess:
                 cmd += ["--visibility-timeout", str(visibility_timeout)]
             for binding in queue_bindings:
                 cmd += ["--queue-binding", binding]
+            cmd += self._semantics_flags(time_limit, soft_time_limit, statedb)
+            if result_extended:
+                cmd.append("--result-extended")
+            if track_started:
+                cmd.append("--track-started")
             env.setdefault("RUST_LOG", "info")
             cwd = REPO
         else:
             cmd = [sys.executable, "-m", "celery", "-A", "pyinterop", "-b", broker,
-                   "--result-backend", backend, "worker", "-Q", queues, "-P", "threads",
+                   "--result-backend", backend, "worker", "-Q", queues, "-P", pool,
                    "-c", str(concurrency), "--prefetch-multiplier", str(prefetch_multiplier),
                    "-n", self.hostname, "-l", "info",
                    # Mingle and gossip would make stand-ins talk to each other; the Rust
@@ -387,6 +399,13 @@ class WorkerProcess:
             env.pop("PYINTEROP_ACKS_LATE", None)
             env.pop("PYINTEROP_VISIBILITY_TIMEOUT", None)
             env.pop("PYINTEROP_QUEUE_BINDINGS", None)
+            env.pop("PYINTEROP_RESULT_EXTENDED", None)
+            env.pop("PYINTEROP_TRACK_STARTED", None)
+            cmd += self._semantics_flags(time_limit, soft_time_limit, statedb)
+            if result_extended:
+                env["PYINTEROP_RESULT_EXTENDED"] = "1"
+            if track_started:
+                env["PYINTEROP_TRACK_STARTED"] = "1"
             if queue_bindings:
                 env["PYINTEROP_QUEUE_BINDINGS"] = ";".join(queue_bindings)
             if acks_late:
@@ -399,6 +418,19 @@ class WorkerProcess:
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         self.stopped = False
+
+    @staticmethod
+    def _semantics_flags(time_limit, soft_time_limit, statedb) -> list:
+        """``--time-limit``, ``--soft-time-limit`` and ``--statedb``: the same flags on
+        the Rust worker and on ``celery worker``."""
+        flags = []
+        if time_limit is not None:
+            flags += ["--time-limit", str(time_limit)]
+        if soft_time_limit is not None:
+            flags += ["--soft-time-limit", str(soft_time_limit)]
+        if statedb is not None:
+            flags += ["--statedb", str(statedb)]
+        return flags
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -6,7 +6,8 @@
 //!    stored and the message acked;
 //! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
 //!    concurrency slot);
-//! 5. take a concurrency slot; early ack (Celery's default) unless acks-late (a failed
+//! 5. take a concurrency slot, then check 3 again (it may have expired or been revoked
+//!    while it waited); early ack (Celery's default) unless acks-late (a failed
 //!    early ack leaves the message to the broker, which delivers it again: it is not run);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
@@ -18,7 +19,8 @@
 
 use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
-use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage};
+use crate::protocol::kombu::py_repr;
+use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage, TaskState};
 use super::rate::RateLimits;
 use super::revoked::RevokedIds;
 use crate::protocol::result_meta::Extended;
@@ -81,17 +83,8 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
     };
 
     // 3. expired or revoked
-    let revoked = if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
-        Some("expired")
-    } else if shared.revoked.contains(&id) {
-        Some("revoked")
-    } else {
-        None
-    };
-    if let Some(reason) = revoked {
-        tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
-        let meta = shared.meta(ResultMeta::revoked(&id, reason), &msg);
-        store(&shared.backend, &meta, &msg).await;
+    if let Some(reason) = discarded(&shared, &msg) {
+        discard(&shared, &msg, reason).await;
         settle(delivery.ack().await);
         return;
     }
@@ -135,6 +128,14 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
         slot = shared.slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
         () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
     };
+    // Checked again now that it is to run, as Celery's `execute_using_pool` does: it may
+    // have expired, or been revoked, while it waited for its eta, its rate or a slot.
+    if let Some(reason) = discarded(&shared, &msg) {
+        drop(slot);
+        discard(&shared, &msg, reason).await;
+        settle(delivery.ack().await);
+        return;
+    }
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
     let late = if acks_late {
@@ -212,6 +213,26 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
             Late::Requeue => delivery.requeue().await,
         });
     }
+}
+
+/// Why a message is not to run: `"expired"` (its `expires` has passed) or `"revoked"` (its
+/// id is in the revoked set); `None` when it is to run.
+fn discarded(shared: &Shared, msg: &TaskMessage) -> Option<&'static str> {
+    if msg.headers.expires.is_some_and(|at| at <= Utc::now()) {
+        Some("expired")
+    } else if shared.revoked.contains(&msg.headers.id) {
+        Some("revoked")
+    } else {
+        None
+    }
+}
+
+/// Store REVOKED for a message that is not run (the caller acks it).
+async fn discard(shared: &Shared, msg: &TaskMessage, reason: &str) {
+    let (name, id) = (&msg.headers.task, &msg.headers.id);
+    tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
+    let meta = shared.meta(ResultMeta::revoked(id, reason), msg);
+    store(&shared.backend, &meta, msg).await;
 }
 
 /// What to do with a late-acked message once its task is over.
@@ -340,11 +361,15 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
         .unwrap_or(3);
     if retries > max_retries {
         let exc = request.cause.clone().unwrap_or_else(|| {
+            // Celery formats the retry signature's args (a tuple) and kwargs with `str()`.
             TaskError::new(
                 "MaxRetriesExceededError",
                 format!(
-                    "Can't retry {}[{}] args:{:?} kwargs:{:?}",
-                    msg.headers.task, msg.headers.id, msg.args, msg.kwargs
+                    "Can't retry {}[{}] args:{} kwargs:{}",
+                    msg.headers.task,
+                    msg.headers.id,
+                    py_tuple_repr(&msg.args),
+                    py_repr(&serde_json::Value::Object(msg.kwargs.clone())),
                 ),
             )
             .with_module("celery.exceptions")
@@ -361,7 +386,10 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
             .default_retry_delay
             .unwrap_or(Duration::from_secs(180)),
     );
-    next.headers.eta = Some(request.eta.unwrap_or_else(|| Utc::now() + countdown));
+    // A countdown of 0 sends no eta (Celery's `if countdown: eta = now + countdown`).
+    next.headers.eta = request
+        .eta
+        .or_else(|| (!countdown.is_zero()).then(|| Utc::now() + countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());
     next.headers.argsrepr = None;
     next.headers.kwargsrepr = None;
@@ -384,8 +412,13 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
         Ok(()) => {
             tracing::info!(task = %msg.headers.task, id = %msg.headers.id, retries, "task retry scheduled");
             if !ignores_result(msg, Some(entry)) {
-                let exc = request.cause.as_ref().unwrap_or(&err).to_exception_info();
-                let mut meta = shared.meta(ResultMeta::retry(&msg.headers.id, exc, None), msg);
+                // Celery stores the `exc` given to `retry()`, and `None` when there was none.
+                let id = &msg.headers.id;
+                let mut meta = match &request.cause {
+                    Some(cause) => ResultMeta::retry(id, cause.to_exception_info(), None),
+                    None => ResultMeta::new(id, TaskState::Retry, serde_json::Value::Null),
+                };
+                meta = shared.meta(meta, msg);
                 meta.children = Some(vec![serde_json::json!([[msg.headers.id, null], null])]);
                 store(&shared.backend, &meta, msg).await;
             }
@@ -458,6 +491,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Python's `str()` of a tuple of these values: `()`, `(1,)`, `(1, 'a')`.
+fn py_tuple_repr(items: &[serde_json::Value]) -> String {
+    match items {
+        [one] => format!("({},)", py_repr(one)),
+        _ => {
+            let reprs: Vec<String> = items.iter().map(py_repr).collect();
+            format!("({})", reprs.join(", "))
+        }
+    }
+}
+
 /// Store a state change; the RPC backend sends it to the reply queue the message names.
 async fn store(backend: &AnyBackend, meta: &ResultMeta, msg: &TaskMessage) {
     // Only the RPC backend sends anywhere but the task id's key; spare the others the copies.
@@ -478,7 +522,18 @@ fn settle(result: Result<(), crate::broker::BrokerError>) {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, py_tuple_repr};
+    use serde_json::json;
+
+    #[test]
+    fn tuples_are_written_as_python_does() {
+        assert_eq!(py_tuple_repr(&[]), "()");
+        assert_eq!(py_tuple_repr(&[json!(10)]), "(10,)");
+        assert_eq!(
+            py_tuple_repr(&[json!("a"), json!(null), json!([1.5])]),
+            "('a', None, [1.5])"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_and_jitter_stays_below_it() {

@@ -8,6 +8,9 @@ use clap::Parser;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+#[path = "interop-worker/semantics.rs"]
+mod semantics;
+
 /// A Celeriac worker with the interop tasks.
 #[derive(Parser, Debug)]
 #[command(name = "interop-worker", version)]
@@ -61,6 +64,22 @@ struct Args {
     /// (type direct, topic or fanout), as Celery's `task_queues` does; repeatable.
     #[arg(long = "queue-binding")]
     queue_bindings: Vec<celeriac::broker::QueueBinding>,
+    /// Hard time limit in seconds of tasks that set none (Celery's `--time-limit`).
+    #[arg(long = "time-limit")]
+    time_limit: Option<f64>,
+    /// Soft time limit in seconds of tasks that set none (Celery's `--soft-time-limit`).
+    #[arg(long = "soft-time-limit")]
+    soft_time_limit: Option<f64>,
+    /// Store the task's name, args, kwargs, worker, retries and queue with its result
+    /// (Celery's `result_extended`).
+    #[arg(long = "result-extended")]
+    result_extended: bool,
+    /// Keep revoked task ids in this file across restarts (Celery's `--statedb`).
+    #[arg(long = "statedb")]
+    statedb: Option<std::path::PathBuf>,
+    /// Store STARTED when a task begins (Celery's `task_track_started`).
+    #[arg(long = "track-started")]
+    track_started: bool,
 }
 
 #[task(name = "interop.noop")]
@@ -148,8 +167,19 @@ async fn whoami(request: &Request) -> Value {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(run());
+    // A blocking task stopped by its hard time limit was abandoned, not ended: its thread
+    // may still be sleeping in the blocking pool. Dropping the runtime would wait for it;
+    // the worker has stopped, so leave it behind (Celery kills such a pool process).
+    runtime.shutdown_background();
+    outcome
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -179,12 +209,30 @@ async fn main() -> anyhow::Result<()> {
         max_priority: args.max_priority,
         broker_ca_file: args.broker_ca_file,
         queue_bindings: args.queue_bindings,
+        time_limit: limit("--time-limit", args.time_limit)?,
+        soft_time_limit: limit("--soft-time-limit", args.soft_time_limit)?,
+        result_extended: args.result_extended,
+        state_db: args.statedb,
+        track_started: args.track_started,
         ..defaults
     };
     let worker = Worker::connect(config).await?;
+    semantics::REVOKED
+        .set(worker.revoked().clone())
+        .expect("the worker is connected once");
     println!("{}", worker.banner());
     worker.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// A time limit flag: seconds, more than 0 (0 means none, as in Celery).
+fn limit(flag: &str, seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match seconds {
+        None | Some(0.0) => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{flag} {s}: {e}")),
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
