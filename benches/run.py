@@ -447,7 +447,7 @@ class Bench:
         self.poll = 0.01
 
     def publish(self, broker, n: int, prefix: str, *, ignore_result: bool,
-                eta_secs: int | None = None) -> float:
+                eta_secs: int | None = None, check: bool = True) -> float:
         argv = [str(BENCH_BIN), "publish", "--broker", broker.url, "--queue", QUEUE,
                 "--count", str(n), "--id-prefix", prefix]
         if ignore_result:
@@ -455,8 +455,7 @@ class Bench:
         if eta_secs:
             argv += ["--eta-secs", str(eta_secs)]
         out = run_tool(argv)
-        ready = broker.ready()
-        if ready != n:
+        if check and (ready := broker.ready()) != n:
             raise BenchError(f"published {n} but the queue holds {ready}")
         return n / out["seconds"]
 
@@ -583,6 +582,43 @@ class Bench:
         if taken < n:
             raise BenchError(f"{worker.label} held only {taken} of {n} eta messages in 120 s")
         return {"taken": taken, "rss_kb": rss, "hwm_kb": hwm}
+
+
+    def soak(self, broker, worker: Worker, total: int, chunk: int = 50_000) -> list:
+        """Feed ``total`` no-op tasks through ``worker`` (the queue topped up by ``chunk``
+        whenever it falls below half of that) and sample its RSS every second: a list of
+        (tasks done, seconds, RSS kB)."""
+        broker.reset()
+        proc = worker.start(broker, None, self.logs)
+        published, samples = 0, []
+        started = time.monotonic()
+        next_sample = started
+        try:
+            while True:
+                proc.check_alive(worker.label)
+                ready, held = broker.ready(), broker.held()
+                if published < total and ready < chunk // 2:
+                    k = min(chunk, total - published)
+                    self.publish(broker, k, f"{random.getrandbits(32):08x}",
+                                 ignore_result=True, check=False)
+                    published += k
+                    continue
+                now = time.monotonic()
+                if now >= next_sample:
+                    samples.append((published - ready - held, now - started,
+                                    memory_kb(proc.tree())[0]))
+                    next_sample += 1.0
+                if published == total and broker.drained():
+                    break
+                if now - started > total / 100 + 120:
+                    raise BenchError(f"soak: {published - ready} of {total} done after "
+                                     f"{now - started:.0f} s")
+                time.sleep(0.05)
+            samples.append((total, time.monotonic() - started, memory_kb(proc.tree())[0]))
+        finally:
+            proc.stop()
+            broker.reset()
+        return samples
 
 
 # ---------------------------------------------------------------- statistics and report
@@ -751,12 +787,30 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
             log(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms")
             report["rtt"].setdefault((name, client, w.kind), []).append((p50, p99))
 
+    if args.soak and isinstance(broker, RedisBroker):
+        log(f"soak: {args.soak:,} tasks through Celeriac ({celeriac.label}), RSS every second")
+        samples = bench.soak(broker, celeriac, args.soak)
+        report["soak"] = {"broker": name, "label": celeriac.label, "samples": samples}
+        log("  RSS " + ", ".join(f"{rss / 1024:.1f} MB after {done:,}"
+                                 for done, _, rss in soak_points(samples)))
+
     for rep in range(plan.repeats):
         for w in (celeriac, celery):
             log(f"hold #{rep + 1}: {w.kind} ({w.label}) with {plan.hold_n:,} eta messages")
             h = bench.hold(broker, w, plan.hold_n)
             log(f"  RSS {h['rss_kb'] / 1024:.1f} MB (peak {h['hwm_kb'] / 1024:.1f} MB)")
             report["hold"].setdefault((name, w.kind), []).append(h)
+
+
+def soak_points(samples: list) -> list:
+    """The samples nearest to 1 %, 10 %, 25 %, 50 %, 75 % and 100 % of the tasks done."""
+    total = samples[-1][0]
+    points = []
+    for frac in (0.01, 0.1, 0.25, 0.5, 0.75, 1.0):
+        best = min(samples, key=lambda s: abs(s[0] - frac * total))
+        if best not in points:
+            points.append(best)
+    return points
 
 
 def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: float) -> str:
@@ -859,6 +913,22 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
           f"{fmt_num([h['rss_kb'] / 1024 for h in hs], 1)} | "
           f"{fmt_num([h['hwm_kb'] / 1024 for h in hs], 1)} |")
     w("")
+    soak = report.get("soak")
+    if soak:
+        samples = soak["samples"]
+        rss = [r for _, _, r in samples]
+        w(f"## Memory over a long run: {samples[-1][0]:,} tasks through Celeriac "
+          f"({soak['broker']}, {soak['label']}, no results)")
+        w("")
+        w("The queue is topped up by 50,000 whenever it falls below 25,000; RSS sampled every "
+          f"second ({len(samples)} samples, min {min(rss) / 1024:.1f} MB, max "
+          f"{max(rss) / 1024:.1f} MB).")
+        w("")
+        w("| tasks done | seconds | RSS MB |")
+        w("| --- | --- | --- |")
+        for done, secs, r in soak_points(samples):
+            w(f"| {done:,} | {secs:.0f} | {r / 1024:.1f} |")
+        w("")
     w("## Issue 6's targets")
     w("")
     w("| target | measured | met |")
@@ -947,7 +1017,17 @@ def targets(report: dict) -> list[tuple[str, str, str]]:
         rss = med([h["rss_kb"] / 1024 for h in report["hold"].get((broker, "celeriac"), [])])
         row(f"{broker}, ≤ 20 MB RSS holding 10,000 prefetched messages", rss, 20, " MB",
             higher=False, fmt="{:.1f}")
-    rows.append(("memory flat over a 1,000,000-task run", "not measured by this harness", "–"))
+    soak = report.get("soak")
+    if soak:
+        samples = soak["samples"]
+        tenth = min(samples, key=lambda s: abs(s[0] - samples[-1][0] / 10))[2]
+        last = samples[-1][2]
+        growth = (last - tenth) / tenth
+        rows.append((f"memory flat over a {samples[-1][0]:,}-task run ({soak['broker']})",
+                     f"{tenth / 1024:.1f} MB after 10 %, {last / 1024:.1f} MB at the end",
+                     "yes" if growth <= 0.10 else f"no: grew {growth:.0%}"))
+    else:
+        rows.append(("memory flat over a 1,000,000-task run", "not run (`--soak 1000000`)", "–"))
     return rows
 
 
@@ -1020,6 +1100,9 @@ def main() -> int:
     p.add_argument("--out", default=None,
                    help="Markdown report path (default benches/RESULTS.md for a full run)")
     p.add_argument("--no-build", action="store_true", help="use the release binaries as built")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="also feed N tasks through Celeriac on Redis, sampling its RSS "
+                   "(issue 6's 1,000,000-task memory check; ~4 min per million)")
     args = p.parse_args()
     if args.calls is None:
         args.calls = 20 if args.smoke else 1000
