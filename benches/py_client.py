@@ -1,12 +1,14 @@
 """Round trips of Python Celery 5.7's client, for benches/run.py.
 
-Calls ``add.delay(2, 3).get()`` in a row (``add`` is a body-less stub named
-``interop.add``, routed to the benchmark queue) and prints one JSON object:
-``{"latencies_us": [...], "ids": [...]}``, the timed calls' latencies and the ids
-of every call (the harness deletes their results).
+Calls ``add.apply_async((2, 3), queue=Q).get()`` in a row (``add`` is a body-less stub
+named ``interop.add``; with one queue this is ``add.delay(2, 3).get()`` routed to it).
+Given several queues (a worker on each), the calls go to them in turn, one call at a
+time, so every worker is measured under the same conditions of a shared machine. Prints
+one JSON object: ``{"latencies_us": {queue: [...]}, "ids": [...]}``, the timed calls'
+latencies and the ids of every call (the harness deletes their results).
 
-    python benches/py_client.py --broker URL --backend URL [--queue Q]
-        [--calls 1000] [--warmup 50] [--expect 5|none]
+    python benches/py_client.py --broker URL --backend URL --queues Q1,Q2
+        [--expects 5,none] [--calls 1000] [--warmup 50]
 """
 
 import argparse
@@ -21,41 +23,49 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--broker", required=True)
     p.add_argument("--backend", required=True)
-    p.add_argument("--queue", default="celeriac.bench")
-    p.add_argument("--calls", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--queues", default="celeriac.bench", help="comma separated")
+    p.add_argument("--expects", default=None,
+                   help="the result of each queue's worker, JSON, comma separated "
+                        "('none' for null; default 5 for all)")
+    p.add_argument("--calls", type=int, default=1000, help="timed calls per queue")
+    p.add_argument("--warmup", type=int, default=50, help="untimed calls per queue first")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--first-timeout", type=float, default=60.0,
-                   help="the first call waits for the worker to start")
-    p.add_argument("--expect", default="5",
-                   help="the result every call must return (JSON; 'none' for a null result)")
+                   help="the first call to each queue waits for its worker to start")
     a = p.parse_args()
-    expect = None if a.expect == "none" else json.loads(a.expect)
+    queues = a.queues.split(",")
+    expects = ([None if e == "none" else json.loads(e) for e in a.expects.split(",")]
+               if a.expects else [5] * len(queues))
+    if len(expects) != len(queues):
+        p.error("--expects needs one value per queue")
 
     app = Celery("benchclient", broker=a.broker, backend=a.backend)
-    app.conf.task_default_queue = a.queue
 
     @app.task(name="interop.add")
     def add(x, y):  # the worker runs it; this process only sends
         raise NotImplementedError
 
-    ids = []
-    first = add.delay(2, 3)
-    first.get(timeout=a.first_timeout)
-    ids.append(first.id)
-    latencies = []
-    for i in range(a.warmup + a.calls):
+    def call(q: int, timeout: float):
         started = time.perf_counter()
-        result = add.delay(2, 3)
-        value = result.get(timeout=a.timeout)
+        result = add.apply_async((2, 3), queue=queues[q])
+        value = result.get(timeout=timeout)
         elapsed = time.perf_counter() - started
-        if value != expect:
-            print(f"call {i}: interop.add(2, 3) returned {value!r}, expected {expect!r}",
-                  file=sys.stderr)
-            return 1
+        if value != expects[q]:
+            raise SystemExit(f"{queues[q]}: interop.add(2, 3) returned {value!r}, "
+                             f"expected {expects[q]!r}")
         ids.append(result.id)
-        if i >= a.warmup:
-            latencies.append(elapsed * 1e6)
+        return elapsed
+
+    ids = []
+    for q in range(len(queues)):
+        call(q, a.first_timeout)
+    latencies = {q: [] for q in queues}
+    for rnd in range(a.warmup + a.calls):
+        for k in range(len(queues)):
+            q = (rnd + k) % len(queues)  # a different worker goes first each round
+            elapsed = call(q, a.timeout)
+            if rnd >= a.warmup:
+                latencies[queues[q]].append(elapsed * 1e6)
     print(json.dumps({"latencies_us": latencies, "ids": ids}))
     return 0
 

@@ -221,8 +221,9 @@ class RedisBroker:
         self.url = url
         self.r = redis.Redis.from_url(url)
 
-    def reset(self) -> None:
-        self.r.delete(QUEUE, *priority_keys(QUEUE), "unacked", "unacked_index", "unacked_mutex")
+    def reset(self, queues=(QUEUE,)) -> None:
+        keys = [k for q in queues for k in (q, *priority_keys(q))]
+        self.r.delete(*keys, "unacked", "unacked_index", "unacked_mutex")
 
     def ready(self) -> int:
         return self.r.llen(QUEUE)
@@ -256,16 +257,17 @@ class AmqpBroker:
         self.conn.connect()
         self.ch = self.conn.channel()
 
-    def _declare_passive(self):
+    def _declare_passive(self, queue: str = QUEUE):
         try:
-            return self.ch.queue_declare(QUEUE, passive=True)
+            return self.ch.queue_declare(queue, passive=True)
         except amqp.exceptions.NotFound:
             self.ch = self.conn.channel()  # the failed declare closed the channel
             return None
 
-    def reset(self) -> None:
-        if self._declare_passive() is not None:
-            self.ch.queue_purge(QUEUE)
+    def reset(self, queues=(QUEUE,)) -> None:
+        for q in queues:
+            if self._declare_passive(q) is not None:
+                self.ch.queue_purge(q)
 
     def ready(self) -> int:
         ok = self._declare_passive()
@@ -347,10 +349,10 @@ class Worker:
         """Messages the worker may hold unacknowledged (its AMQP prefetch count)."""
         return self.opts.get("window", 8)
 
-    def start(self, broker, backend: str | None, logs: Path) -> Process:
+    def start(self, broker, backend: str | None, logs: Path, queue: str = QUEUE) -> Process:
         env = dict(os.environ)
         if self.kind == "celeriac":
-            argv = [str(WORKER_BIN), "--broker", broker.url, "-Q", QUEUE,
+            argv = [str(WORKER_BIN), "--broker", broker.url, "-Q", queue,
                     *self.opts.get("args", [])]
             if backend:
                 argv += ["--result-backend", backend]
@@ -362,14 +364,14 @@ class Worker:
             argv = [PYTHON, "-m", "celery", "-A", "pyinterop", "-b", broker.url]
             if backend:
                 argv += ["--result-backend", backend]
-            argv += ["worker", "-Q", QUEUE, "-l", "WARNING", "-n", "bench@%h",
+            argv += ["worker", "-Q", queue, "-l", "WARNING", "-n", f"bench-{queue}@%h",
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
                      *self.opts["args"]]
             env.pop("CELERY_RESULT_BACKEND", None)
             env["PYTHONPATH"] = str(REPO / "python-fixtures")
             return Process(argv, logs / "celery.log", env=env, cwd=REPO / "python-fixtures")
         if self.kind == "raw":
-            argv = [str(BENCH_BIN), "raw", "--broker", broker.url, "--queue", QUEUE,
+            argv = [str(BENCH_BIN), "raw", "--broker", broker.url, "--queue", queue,
                     "--mode", self.opts["mode"]]
             if backend:
                 argv += ["--result-backend", backend]
@@ -531,31 +533,49 @@ class Bench:
             self.results.delete(keys)
         return Drain(n, timed, t1 - t0, cpu1 - cpu0, hwm, publish_rate)
 
-    def round_trips(self, broker, worker: Worker, client: str) -> list[float]:
-        """Latencies (µs) of ``--calls`` calls in a row from ``client`` (python or rust)."""
-        broker.reset()
+    def round_trips(self, broker, targets: list[tuple[str, Worker, str]]) -> dict:
+        """Round trips to every worker of ``targets`` (name, worker, expected result; one
+        queue each, all running at once), the calls of each client going to them in turn:
+        {(client, name): latencies in µs}. Python's client calls them all, Celeriac's
+        client those whose name is celeriac or raw."""
+        queues = {name: f"{QUEUE}.rtt.{name}" for name, _, _ in targets}
+        broker.reset(list(queues.values()))
         calls, warmup = self.args.calls, self.args.warmup
         backend = self.args.redis_url
-        proc = worker.start(broker, backend, self.logs)
+        procs = [w.start(broker, backend, self.logs, queue=queues[name])
+                 for name, w, _ in targets]
+        latencies, ids = {}, []
         try:
-            if client == "python":
-                expect = "none" if worker.kind == "raw" else "5"
-                argv = [PYTHON, str(BENCHES / "py_client.py"), "--broker", broker.url,
-                        "--backend", backend, "--queue", QUEUE, "--calls", str(calls),
-                        "--warmup", str(warmup), "--expect", expect]
-            else:
-                # Celeriac's worker is up within a second; the first calls wait for it.
-                argv = [str(BENCH_BIN), "rtt", "--broker", broker.url, "--result-backend",
-                        backend, "--queue", QUEUE, "--calls", str(calls), "--warmup",
-                        str(warmup), "--timeout", "30"]
-            out = run_tool(argv)
-            proc.check_alive(worker.label)
+            py = [(queues[n], e) for n, _, e in targets]
+            rust = [(queues[n], e) for n, _, e in targets if n in ("celeriac", "raw")]
+            for client, chosen in (("python", py), ("rust", rust)):
+                if client == "python":
+                    argv = [PYTHON, str(BENCHES / "py_client.py"), "--broker", broker.url,
+                            "--backend", backend,
+                            "--expects", ",".join("none" if e is None else json.dumps(e)
+                                                  for _, e in chosen)]
+                else:
+                    argv = [str(BENCH_BIN), "rtt", "--broker", broker.url,
+                            "--result-backend", backend,
+                            "--expects", ",".join(json.dumps(e) for _, e in chosen)]
+                argv += ["--queues", ",".join(q for q, _ in chosen), "--calls", str(calls),
+                         "--warmup", str(warmup)]
+                out = run_tool(argv)
+                ids += out["ids"]
+                for name, q in queues.items():
+                    if q in out["latencies_us"]:
+                        lat = out["latencies_us"][q]
+                        if len(lat) != calls:
+                            raise BenchError(f"{client} client made {len(lat)} calls to {q}")
+                        latencies[(client, name)] = lat
+            for p, (name, w, _) in zip(procs, targets):
+                p.check_alive(w.label)
         finally:
-            proc.stop()
-        self.results.delete(self.results.keys(out["ids"]))
-        if len(out["latencies_us"]) != calls:
-            raise BenchError(f"{client} client made {len(out['latencies_us'])} calls")
-        return out["latencies_us"]
+            for p in procs:
+                p.stop()
+        self.results.delete(self.results.keys(ids))
+        broker.reset(list(queues.values()))
+        return latencies
 
     def hold(self, broker, worker: Worker, n: int) -> dict:
         """RSS while ``worker`` holds ``n`` prefetched messages (eta an hour away)."""
@@ -777,15 +797,14 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
                 report["drain"].setdefault((name, mode, w.kind, w.label), []).append(d)
 
     responder = next(w for w in raws if w.opts["mode"] in ("kombu", "each"))
-    pairs = [("python", celeriac), ("python", celery), ("python", responder),
-             ("rust", celeriac)]
+    targets = [("celeriac", celeriac, 5), ("celery", celery, 5), ("raw", responder, None)]
     for rep in range(plan.repeats):
-        for client, w in pairs:
-            log(f"round trip #{rep + 1}: {client} client -> {w.kind} ({w.label})")
-            lat = bench.round_trips(broker, w, client)
+        log(f"round trips #{rep + 1}: Python's client to Celeriac, Celery and the raw "
+            f"responder, Celeriac's client to Celeriac and the raw responder, in turn")
+        for (client, kind), lat in bench.round_trips(broker, targets).items():
             p50, p99 = percentile(lat, 50) / 1000, percentile(lat, 99) / 1000
-            log(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-            report["rtt"].setdefault((name, client, w.kind), []).append((p50, p99))
+            log(f"  {client} -> {kind}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+            report["rtt"].setdefault((name, client, kind), []).append((p50, p99))
 
     if args.soak and isinstance(broker, RedisBroker):
         log(f"soak: {args.soak:,} tasks through Celeriac ({celeriac.label}), RSS every second")
@@ -800,6 +819,19 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
             h = bench.hold(broker, w, plan.hold_n)
             log(f"  RSS {h['rss_kb'] / 1024:.1f} MB (peak {h['hwm_kb'] / 1024:.1f} MB)")
             report["hold"].setdefault((name, w.kind), []).append(h)
+
+
+def soak_trend(samples: list) -> tuple[float, float]:
+    """The least-squares growth of RSS (kB) from 10 % of the tasks to the end, and the mean
+    RSS over that stretch: flat memory fluctuates around a level, a leak climbs."""
+    total = samples[-1][0]
+    tail = [(done, rss) for done, _, rss in samples if done >= total / 10] or \
+        [(done, rss) for done, _, rss in samples]
+    mean = statistics.fmean(r for _, r in tail)
+    if len(tail) < 3:
+        return float(tail[-1][1] - tail[0][1]), mean
+    slope, _ = statistics.linear_regression([d for d, _ in tail], [r for _, r in tail])
+    return slope * (tail[-1][0] - tail[0][0]), mean
 
 
 def soak_points(samples: list) -> list:
@@ -820,8 +852,9 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     kind_name = {"celeriac": "Celeriac", "celery": "Celery 5.7", "raw": "raw limit"}
     w("# Celeriac vs Celery 5.7: benchmark results")
     w("")
-    w(f"Run {started:%Y-%m-%d %H:%M} UTC with `python3 benches/run.py"
-      f"{' --quick' if args.quick else ''}{' --smoke' if args.smoke else ''}` "
+    flags = "".join(f" {f}" for f, on in (("--quick", args.quick), ("--smoke", args.smoke),
+                                           (f"--soak {args.soak}", args.soak)) if on)
+    w(f"Run {started:%Y-%m-%d %H:%M} UTC with `python3 benches/run.py{flags}` "
       f"({elapsed / 60:.1f} min, {plan.repeats} run(s) per measurement; medians, min–max in "
       f"brackets).")
     w("")
@@ -880,25 +913,29 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
         w("")
     w(f"## Round trip: {args.calls:,} calls in a row (ms)")
     w("")
-    w("The Python client calls `add.delay(2, 3).get()`; the raw responder answers every task "
-      "with a SUCCESS in the Redis backend as fast as it can, so against it the time is the "
-      "Python client's own floor. Celeriac's client is `send_task` + `get`. The result backend "
-      "is Redis in every case.")
+    w("Python's client calls `add.apply_async((2, 3), queue=Q).get()` (`add.delay(2, 3)` "
+      "routed to the worker's queue); Celeriac's client `send_task` + `get`. The raw responder "
+      "answers every task with a SUCCESS in the Redis backend as fast as it can, so against it "
+      "the time is the client's own floor. The workers run at once, each on its own queue, and "
+      "each client calls them in turn, one call at a time, so all of them see the same load "
+      "of the machine. The result backend is Redis in every case.")
     w("")
-    w("| broker | client | worker | p50 | p99 | p50 / Python floor |")
+    w("| broker | client | worker | p50 | p99 | p50 / the client's floor |")
     w("| --- | --- | --- | --- | --- | --- |")
     rtt = report["rtt"]
     for broker in report["brokers"]:
-        floor = [p50 for p50, _ in rtt.get((broker, "python", "raw"), [])]
-        for (b, client, kind), vals in rtt.items():
-            if b != broker:
-                continue
-            p50s = [v[0] for v in vals]
-            p99s = [v[1] for v in vals]
-            worker = {"raw": "raw responder (floor)"}.get(kind, kind_name[kind])
-            rel = ratio(p50s, floor) if client == "python" and kind != "raw" else "–"
-            w(f"| {broker} | {'Python' if client == 'python' else 'Celeriac (Rust)'} | {worker} | "
-              f"{fmt_num(p50s, 3)} | {fmt_num(p99s, 3)} | {rel} |")
+        for client in ("python", "rust"):
+            floor = [p50 for p50, _ in rtt.get((broker, client, "raw"), [])]
+            for kind in ("celeriac", "celery", "raw"):
+                vals = rtt.get((broker, client, kind))
+                if not vals:
+                    continue
+                p50s = [v[0] for v in vals]
+                p99s = [v[1] for v in vals]
+                worker = {"raw": "raw responder (floor)"}.get(kind, kind_name[kind])
+                rel = ratio(p50s, floor) if kind != "raw" else "–"
+                w(f"| {broker} | {'Python' if client == 'python' else 'Celeriac (Rust)'} | "
+                  f"{worker} | {fmt_num(p50s, 3)} | {fmt_num(p99s, 3)} | {rel} |")
     w("")
     w(f"## Memory while holding {plan.hold_n:,} prefetched messages")
     w("")
@@ -920,9 +957,11 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
         w(f"## Memory over a long run: {samples[-1][0]:,} tasks through Celeriac "
           f"({soak['broker']}, {soak['label']}, no results)")
         w("")
+        growth, mean = soak_trend(samples)
         w("The queue is topped up by 50,000 whenever it falls below 25,000; RSS sampled every "
           f"second ({len(samples)} samples, min {min(rss) / 1024:.1f} MB, max "
-          f"{max(rss) / 1024:.1f} MB).")
+          f"{max(rss) / 1024:.1f} MB; least-squares trend from 10 % of the tasks to the end: "
+          f"{growth / 1024:+.1f} MB over the run, {growth / mean:+.0%} of the mean).")
         w("")
         w("| tasks done | seconds | RSS MB |")
         w("| --- | --- | --- |")
@@ -1012,7 +1051,10 @@ def targets(report: dict) -> list[tuple[str, str, str]]:
             row(f"{broker}, Python client p50 within 10 % of its floor ({floor:.3f} ms)",
                 ce / floor, 1.10, "× the floor", higher=False, fmt="{:.2f}")
     rust = med([v[0] for v in report["rtt"].get(("Redis", "rust", "celeriac"), [])])
-    row("Redis, Celeriac's client p50 ≤ 0.5 ms", rust, 0.5, " ms", higher=False, fmt="{:.3f}")
+    rust_floor = med([v[0] for v in report["rtt"].get(("Redis", "rust", "raw"), [])])
+    floor_text = f" (its floor: {rust_floor:.3f} ms)" if rust_floor else ""
+    row(f"Redis, Celeriac's client p50 ≤ 0.5 ms{floor_text}", rust, 0.5, " ms", higher=False,
+        fmt="{:.3f}")
     for broker in ("Redis", "RabbitMQ"):
         rss = med([h["rss_kb"] / 1024 for h in report["hold"].get((broker, "celeriac"), [])])
         row(f"{broker}, ≤ 20 MB RSS holding 10,000 prefetched messages", rss, 20, " MB",
@@ -1020,12 +1062,12 @@ def targets(report: dict) -> list[tuple[str, str, str]]:
     soak = report.get("soak")
     if soak:
         samples = soak["samples"]
-        tenth = min(samples, key=lambda s: abs(s[0] - samples[-1][0] / 10))[2]
-        last = samples[-1][2]
-        growth = (last - tenth) / tenth
+        growth, mean = soak_trend(samples)
+        rss = [r for _, _, r in samples]
         rows.append((f"memory flat over a {samples[-1][0]:,}-task run ({soak['broker']})",
-                     f"{tenth / 1024:.1f} MB after 10 %, {last / 1024:.1f} MB at the end",
-                     "yes" if growth <= 0.10 else f"no: grew {growth:.0%}"))
+                     f"{min(rss) / 1024:.1f}–{max(rss) / 1024:.1f} MB; trend after the first "
+                     f"10 %: {growth / 1024:+.1f} MB over the run ({growth / mean:+.0%})",
+                     "yes" if abs(growth) <= 0.10 * mean else "no"))
     else:
         rows.append(("memory flat over a 1,000,000-task run", "not run (`--soak 1000000`)", "–"))
     return rows
@@ -1073,7 +1115,7 @@ def smoke_checks(report: dict) -> None:
         raise BenchError(f"missing drains: {sorted(expected_cells - got)}")
     for b in report["brokers"]:
         for key in ((b, "python", "celeriac"), (b, "python", "celery"), (b, "python", "raw"),
-                    (b, "rust", "celeriac")):
+                    (b, "rust", "celeriac"), (b, "rust", "raw")):
             if key not in report["rtt"]:
                 raise BenchError(f"missing round trips {key}")
 

@@ -279,6 +279,14 @@ async fn amqp_loop(
     if !args.broker.starts_with("amqp") {
         bail!("modes each and multi need an amqp:// broker");
     }
+    // The queue, its exchange and binding as Celery's worker declares them (Celeriac's own
+    // declaration, checked against Celery's), so it may start before anything was sent.
+    celeriac::broker::AnyBroker::connect(&args.broker, Default::default())
+        .await
+        .with_context(|| format!("connect to {}", args.broker))?
+        .declare_queue(&args.queue)
+        .await
+        .context("declare the queue")?;
     let conn = Connection::connect(&args.broker, ConnectionProperties::default())
         .await
         .with_context(|| format!("connect to {}", args.broker))?;
