@@ -386,6 +386,21 @@ class Worker:
         """Messages the worker may hold unacknowledged (its AMQP prefetch count)."""
         return self.opts.get("window", 8)
 
+    def holding(self, n: int) -> Worker:
+        """The same worker with a prefetch multiplier that lets it reserve ``n`` messages at
+        once (``--prefetch-multiplier`` replaced), for the memory-while-holding measurement:
+        what it holds then costs memory, not time."""
+        c = self.opts.get("c", 1)
+        pm = -(-n // c)
+        args = list(self.opts.get("args", []))
+        if "--prefetch-multiplier" in args:
+            i = args.index("--prefetch-multiplier")
+            del args[i:i + 2]
+        args += ["--prefetch-multiplier", str(pm)]
+        base = self.label.split(" --prefetch-multiplier")[0].split(", prefetch")[0]
+        return Worker(self.kind, f"{base} --prefetch-multiplier {pm}",
+                      {**self.opts, "args": args, "window": c * pm})
+
     def start(self, broker, backend: str | None, logs: Path, queue: str = QUEUE) -> Process:
         env = dict(os.environ)
         if self.kind == "celeriac":
@@ -419,11 +434,12 @@ class Worker:
 def celeriac_configs() -> list[Worker]:
     cpus = os.cpu_count() or 1
     return [
-        Worker("celeriac", f"-c {cpus} (CPUs), prefetch ×4 (defaults)", {"window": cpus * 4}),
+        Worker("celeriac", f"-c {cpus} (CPUs), prefetch ×4 (defaults)",
+               {"window": cpus * 4, "c": cpus}),
         Worker("celeriac", "-c 16 --prefetch-multiplier 16",
-               {"args": ["-c", "16", "--prefetch-multiplier", "16"], "window": 256}),
+               {"args": ["-c", "16", "--prefetch-multiplier", "16"], "window": 256, "c": 16}),
         Worker("celeriac", "-c 64 --prefetch-multiplier 16",
-               {"args": ["-c", "64", "--prefetch-multiplier", "16"], "window": 1024}),
+               {"args": ["-c", "64", "--prefetch-multiplier", "16"], "window": 1024, "c": 64}),
     ]
 
 
@@ -435,7 +451,7 @@ def celery_configs() -> list[Worker]:
             args += ["-c", str(c)]
             label += f" -c {c}"
         return Worker("celery", f"{label} --prefetch-multiplier {pm}",
-                      {"args": args, "window": (c or 1) * pm})
+                      {"args": args, "window": (c or 1) * pm, "c": c or 1})
     return [
         w("prefork", 2, 4), w("prefork", 2, 64), w("prefork", 4, 16),
         w("threads", 4, 16), w("threads", 16, 64),
@@ -641,8 +657,8 @@ class Bench:
             proc.stop(timeout=60)
             broker.reset()
         if taken < n:
-            raise BenchError(f"{worker.label} held only {taken} of {n} eta messages in 120 s")
-        return {"taken": taken, "rss_kb": rss, "hwm_kb": hwm}
+            log(f"  {worker.label} held only {taken:,} of {n:,} messages after 120 s")
+        return {"taken": taken, "rss_kb": rss, "hwm_kb": hwm, "label": worker.label}
 
 
     @guarded
@@ -803,7 +819,8 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
     if args.smoke:
         celeriac = celeriac_configs()[0]
         celery = Worker("celery", "-P threads -c 4 --prefetch-multiplier 4",
-                        {"args": ["-P", "threads", "-c", "4", "--prefetch-multiplier", "4"]})
+                        {"args": ["-P", "threads", "-c", "4", "--prefetch-multiplier", "4"],
+                         "c": 4})
         estimates = {celeriac.key: 1.0, celery.key: 1.0}
     else:
         log("sweep: Celeriac configurations")
@@ -856,7 +873,7 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
                                  for done, _, rss in soak_points(samples)))
 
     for rep in range(plan.repeats):
-        for w in (celeriac, celery):
+        for w in (celeriac.holding(plan.hold_n), celery.holding(plan.hold_n)):
             log(f"hold #{rep + 1}: {w.kind} ({w.label}) with {plan.hold_n:,} eta messages")
             h = bench.hold(broker, w, plan.hold_n)
             log(f"  RSS {h['rss_kb'] / 1024:.1f} MB (peak {h['hwm_kb'] / 1024:.1f} MB)")
@@ -981,14 +998,17 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     w("")
     w(f"## Memory while holding {plan.hold_n:,} prefetched messages")
     w("")
-    w("Tasks with an eta an hour away: every worker takes and keeps them all (RSS summed over "
-      "the worker's processes once the queue is empty).")
+    w("Tasks with an eta an hour away, which every worker takes and keeps; each worker runs "
+      "its chosen pool and concurrency with a prefetch multiplier that lets it reserve them all "
+      "at once. RSS is summed over the worker's processes once the queue is empty (and 1 s "
+      "more).")
     w("")
-    w("| broker | worker | configuration | RSS MB | peak RSS MB |")
-    w("| --- | --- | --- | --- | --- |")
+    w("| broker | worker | configuration | held | RSS MB | peak RSS MB |")
+    w("| --- | --- | --- | --- | --- | --- |")
     for (broker, kind), hs in report["hold"].items():
-        label = report["chosen"].get(broker, {}).get(kind, "")
-        w(f"| {broker} | {kind_name[kind]} | {label} | "
+        held = min(h["taken"] for h in hs)
+        w(f"| {broker} | {kind_name[kind]} | {hs[0]['label']} | "
+          f"{held:,}{'' if held == plan.hold_n else ' (not all in 120 s)'} | "
           f"{fmt_num([h['rss_kb'] / 1024 for h in hs], 1)} | "
           f"{fmt_num([h['hwm_kb'] / 1024 for h in hs], 1)} |")
     w("")
