@@ -36,7 +36,10 @@ fn raw(name: &str) -> RawMessage {
 fn codec(c: &mut Criterion) {
     // `send_task('interop.add', [2, 3])` as JSON, and `add.apply_async((2, 3),
     // serializer='msgpack')`: the two serializers of a typical two-argument call.
-    let cases = [("json", "v2_send_task.json"), ("msgpack", "v2_msgpack.json")];
+    let cases = [
+        ("json", "v2_send_task.json"),
+        ("msgpack", "v2_msgpack.json"),
+    ];
     let mut group = c.benchmark_group("decode");
     for (label, file) in cases {
         let message = raw(file);

@@ -46,7 +46,12 @@ pub fn properties(msg: &RawMessage) -> BasicProperties {
         .with_content_encoding(ShortString::from(msg.content_encoding.as_str()))
         .with_headers(table(&msg.headers))
         .with_delivery_mode(2)
-        .with_priority(p.get("priority").and_then(Value::as_u64).unwrap_or(0).min(255) as u8);
+        .with_priority(
+            p.get("priority")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(255) as u8,
+        );
     if let Some(id) = text("correlation_id") {
         props = props.with_correlation_id(ShortString::from(id));
     }

@@ -117,7 +117,12 @@ async fn publish_redis(
             let (raw, exchange, routing_key) = message(n)?;
             // kombu's delivery tag: a fresh uuid4 per message.
             let tag = uuid::Uuid::new_v4().to_string();
-            lpush.arg(to_python_json(&envelope(&raw, &exchange, &routing_key, &tag)));
+            lpush.arg(to_python_json(&envelope(
+                &raw,
+                &exchange,
+                &routing_key,
+                &tag,
+            )));
         }
         let _: i64 = lpush.query_async(&mut conn).await.context("LPUSH")?;
         i = end;

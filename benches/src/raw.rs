@@ -239,7 +239,11 @@ async fn redis_loop(
             record
                 .zadd(UNACKED_INDEX, &env.properties.delivery_tag, now)
                 .ignore()
-                .hset(UNACKED, &env.properties.delivery_tag, unacked_value(raw, env)?)
+                .hset(
+                    UNACKED,
+                    &env.properties.delivery_tag,
+                    unacked_value(raw, env)?,
+                )
                 .ignore();
         }
         record
@@ -307,8 +311,7 @@ async fn amqp_loop(
     while !stop.load(Ordering::SeqCst) {
         // Wait for one delivery (looking at the stop flag now and then), then take what
         // else is already at hand.
-        let first = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
-        {
+        let first = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
             Err(_) => continue,
             Ok(None) => bail!("the consumer was cancelled"),
             Ok(Some(d)) => d.context("basic.deliver")?,
@@ -341,9 +344,11 @@ async fn amqp_loop(
             _ => {
                 // One basic.ack per delivery, all handed to lapin's I/O loop before waiting
                 // (basic.ack has no reply; awaiting each would only wait on lapin's thread).
-                try_join_all(batch.iter().map(|d| {
-                    ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
-                }))
+                try_join_all(
+                    batch
+                        .iter()
+                        .map(|d| ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })),
+                )
                 .await
                 .context("basic.ack")?;
             }
