@@ -6,6 +6,9 @@
   without, FAILURE ``Reject`` is stored and the message is gone;
 - an expired message is REVOKED and not run (the client's ``get()`` raises
   ``TaskRevokedError``), also when it expires while waiting for its eta;
+- errbacks (``link_error``): a failure sends them with the task's id as first argument
+  (not an immutable one), parent and root the failed task; a success sends none; an
+  expired message sends them too (Rust only: Celery 5.7 does not);
 - ``--statedb``: task ids revoked while the worker runs are not run, and still are not after
   a restart with the same file; ids in the file at start are revoked (Rust only: the file
   is Celeriac's own JSON).
@@ -116,6 +119,79 @@ def test_message_expiring_before_its_eta_is_revoked_and_not_run(client, worker):
     with pytest.raises(TaskRevokedError):
         result.get(timeout=RESULT_TIMEOUT)
     assert runs(client, result.id) == []
+
+
+def errback(client, args=(), **options):
+    """``link_error`` target: ``interop.semantics.context`` (records its run; returns its
+    request context) with a known id."""
+    eid = str(uuid.uuid4())
+    return eid, client.app.signature("interop.semantics.context", args=args, task_id=eid,
+                                     queue="celery", **options)
+
+
+def wait_runs(client, task_id, deadline=RESULT_TIMEOUT):
+    """The runs of ``task_id`` once there is one (errbacks are sent after the result is
+    stored, so the caller may see the result first)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        done = runs(client, task_id)
+        if done:
+            return done
+        time.sleep(0.05)
+    pytest.fail(f"errback {task_id} never ran")
+
+
+def assert_errback_context(client, transport, eid, failed, args):
+    """The errback ran once; with a Redis backend its stored context says it was called
+    the way Celery's ``_call_task_errbacks`` calls one: parent and root the failed task, one
+    group of errbacks, index 0."""
+    assert len(wait_runs(client, eid)) == 1
+    if not transport.redis_backend:
+        return  # rpc://: the errback's result goes to no client, as with Celery's worker
+    ctx = client.app.AsyncResult(eid).get(timeout=RESULT_TIMEOUT)
+    assert ctx["args"] == args
+    assert ctx["parent_id"] == failed.id
+    assert ctx["root_id"] == failed.id
+    assert ctx["group"] and ctx["group_index"] == 0
+    assert ctx["delivery_info"]["routing_key"] == "celery"
+
+
+def test_failure_calls_the_errback_with_the_task_id(client, worker, transport):
+    eid, on_error = errback(client)
+    failed = client.app.send_task("interop.fail", ["boom"], link_error=on_error)
+    with pytest.raises(ValueError):
+        failed.get(timeout=RESULT_TIMEOUT)
+    assert_errback_context(client, transport, eid, failed, [failed.id])
+
+
+def test_immutable_errback_gets_only_its_own_arguments(client, worker, transport):
+    eid, on_error = errback(client, args=("mine",), immutable=True)
+    failed = client.app.send_task("interop.fail", ["boom"], link_error=on_error)
+    with pytest.raises(ValueError):
+        failed.get(timeout=RESULT_TIMEOUT)
+    assert_errback_context(client, transport, eid, failed, ["mine"])
+
+
+def test_success_calls_no_errback(client, worker):
+    eid, on_error = errback(client)
+    ok = client.app.send_task("interop.add", [2, 3], link_error=on_error)
+    assert ok.get(timeout=RESULT_TIMEOUT) == 5
+    time.sleep(1.0)
+    assert runs(client, eid) == []
+
+
+@pytest.mark.rust_only
+def test_expired_message_calls_its_errbacks(client, worker, transport):
+    """Issue 5 asks for errbacks on expiry; Celery 5.7's worker stores REVOKED without
+    calling them (``mark_as_revoked``), so this is the Rust worker's promise only."""
+    eid, on_error = errback(client)
+    past = datetime.now(timezone.utc) - timedelta(seconds=10)
+    expired = client.app.send_task("interop.semantics.record", ["late"], expires=past,
+                                   link_error=on_error)
+    with pytest.raises(TaskRevokedError):
+        expired.get(timeout=RESULT_TIMEOUT)
+    assert runs(client, expired.id) == []
+    assert_errback_context(client, transport, eid, expired, [expired.id])
 
 
 def test_ids_revoked_at_run_time_survive_a_restart(client, spawn_worker, tmp_path):

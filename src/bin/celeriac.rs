@@ -225,16 +225,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", result.id());
                 return Ok(0);
             }
-            Ok(report(
-                result.get(seconds(timeout, "--timeout")?).await,
-            ))
+            Ok(report(result.get(seconds(timeout, "--timeout")?).await))
         }
         Command::Result { id, wait, timeout } => {
             let result = client.result(&id);
             if wait {
-                return Ok(report(
-                    result.get(seconds(timeout, "--timeout")?).await,
-                ));
+                return Ok(report(result.get(seconds(timeout, "--timeout")?).await));
             }
             match result.poll().await? {
                 Some(outcome) => Ok(report(outcome)),

@@ -17,7 +17,15 @@
 //! [`Client::send`](crate::client::Client::send), which gives an
 //! [`AsyncResult<R>`](crate::client::AsyncResult) whose `get` returns the typed value.
 //!
+//! A signature that arrives inside a message (a `link_error` errback, as Celery writes it:
+//! `{"task": .., "args": .., "kwargs": .., "options": .., "immutable": ..}`) is read with
+//! [`Signature::from_dict`].
+//!
 //! Chains, groups and chords will build on this type.
+
+mod dict;
+
+pub use dict::SignatureError;
 
 use crate::client::SendOptions;
 use serde::Serialize;
@@ -38,6 +46,7 @@ pub struct Signature<R = Value> {
     args: Vec<Value>,
     kwargs: Map<String, Value>,
     options: SendOptions,
+    immutable: bool,
     invalid: Option<Arc<serde_json::Error>>,
     // `fn() -> R`: the signature neither owns nor borrows an `R`, so it is `Send`, `Sync`
     // and `Clone` whatever `R` is.
@@ -53,6 +62,7 @@ impl Signature<Value> {
             args: Vec::new(),
             kwargs: Map::new(),
             options: SendOptions::default(),
+            immutable: false,
             invalid: None,
             result: PhantomData,
         }
@@ -92,9 +102,22 @@ impl<R> Signature<R> {
             args: self.args,
             kwargs: self.kwargs,
             options: self.options,
+            immutable: self.immutable,
             invalid: self.invalid,
             result: PhantomData,
         }
+    }
+
+    /// Make it immutable (Celery's `.si()` / `immutable=True`): when it is called back
+    /// (as a link or errback) it gets only its own arguments, not the parent's id or result.
+    pub fn immutable(mut self, yes: bool) -> Self {
+        self.immutable = yes;
+        self
+    }
+
+    /// Whether it is immutable.
+    pub fn is_immutable(&self) -> bool {
+        self.immutable
     }
 
     /// Send with these `apply_async` options (queue, countdown, ...), replacing any set
@@ -150,6 +173,7 @@ impl<R> Clone for Signature<R> {
             args: self.args.clone(),
             kwargs: self.kwargs.clone(),
             options: self.options.clone(),
+            immutable: self.immutable,
             invalid: self.invalid.clone(),
             result: PhantomData,
         }

@@ -78,9 +78,9 @@ pub use control::{
 pub use options::SendOptions;
 pub use result::{AsyncResult, ResultError, TaskFailure};
 
-use crate::canvas::Signature;
 use crate::backend::{AnyBackend, BackendError, BackendOptions};
 use crate::broker::{AnyBroker, BrokerError, BrokerOptions, RetryPolicy};
+use crate::canvas::Signature;
 use crate::protocol::{self, EncodeError, Serializer, TaskMessage, kombu};
 use chrono::Utc;
 use serde_json::{Map, Value};
@@ -214,44 +214,13 @@ impl Client {
         kwargs: Map<String, Value>,
         opts: &SendOptions,
     ) -> (TaskMessage, String, String) {
-        let id = opts
-            .task_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut msg = TaskMessage::new(name, id.clone(), args, kwargs);
-        // send_task is given a list: Celery's saferepr of a list, `[2, 3]`.
-        let argsrepr = kombu::saferepr(&Value::Array(msg.args.clone()), Some(kombu::REPR_MAXSIZE));
-        let h = &mut msg.headers;
-        h.argsrepr = Some(argsrepr);
-        h.shadow = opts.shadow.clone();
-        h.eta = opts.eta.or_else(|| opts.countdown.map(|c| Utc::now() + c));
-        h.expires = opts.expires;
-        h.timelimit = (opts.time_limit, opts.soft_time_limit);
-        h.origin = Some(self.inner.origin.clone());
-        // send_task passes ignore_result through as given (None by default).
-        h.ignore_result = opts.ignore_result;
-        for (k, v) in &opts.headers {
-            h.extra.insert(k.clone(), v.clone());
-        }
-        msg.serializer = opts.serializer.unwrap_or(self.inner.config.serializer);
-        let p = &mut msg.properties;
-        p.insert("correlation_id".into(), Value::String(id));
-        p.insert("reply_to".into(), Value::String(self.inner.oid.clone()));
-        p.insert("delivery_mode".into(), Value::from(2));
-        p.insert("priority".into(), Value::from(opts.priority.unwrap_or(0)));
-        if let Some(expires) = opts.expires {
-            // Celery also gives the message a broker TTL: milliseconds left, 0 when past.
-            let ms = (expires - Utc::now()).num_milliseconds().max(0);
-            p.insert("expiration".into(), Value::String(ms.to_string()));
-        }
-        // Celery's routing (`send_task_message`): without both an exchange and a routing
-        // key, the queue is reached through the default exchange by its name.
-        let queue = self.queue_of(opts);
-        let (exchange, routing_key) = match (&opts.exchange, &opts.routing_key) {
-            (Some(e), Some(k)) if !e.is_empty() && !k.is_empty() => (e.clone(), k.clone()),
-            _ => (String::new(), queue),
+        let defaults = Defaults {
+            origin: &self.inner.origin,
+            reply_to: Some(&self.inner.oid),
+            queue: &self.inner.config.default_queue,
+            serializer: self.inner.config.serializer,
         };
-        (msg, exchange, routing_key)
+        compose_message(name, args, kwargs, opts, &defaults)
     }
 
     /// Send task `name` with positional `args` and keyword `kwargs`, as Celery's
@@ -372,5 +341,76 @@ impl Client {
             )
             .await?;
         Ok(sent.typed())
+    }
+}
+
+/// What a message takes from its sender when the call's options do not say.
+pub(crate) struct Defaults<'a> {
+    /// The `origin` header (`gen<pid>@<host>`).
+    pub origin: &'a str,
+    /// The `reply_to` property (Celery's `app.thread_oid`), if the sender has one.
+    pub reply_to: Option<&'a str>,
+    /// The queue when the options name none (`task_default_queue`).
+    pub queue: &'a str,
+    /// The body serializer when the options choose none.
+    pub serializer: crate::protocol::Serializer,
+}
+
+/// The task message Celery's `amqp.as_task_v2` builds for `send_task(name, args, kwargs,
+/// **opts)`, and the exchange and routing key it goes to.
+pub(crate) fn compose_message(
+    name: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    opts: &SendOptions,
+    defaults: &Defaults<'_>,
+) -> (TaskMessage, String, String) {
+    let id = opts
+        .task_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut msg = TaskMessage::new(name, id.clone(), args, kwargs);
+    // send_task is given a list: Celery's saferepr of a list, `[2, 3]`.
+    let argsrepr = kombu::saferepr(&Value::Array(msg.args.clone()), Some(kombu::REPR_MAXSIZE));
+    let h = &mut msg.headers;
+    h.argsrepr = Some(argsrepr);
+    h.shadow = opts.shadow.clone();
+    h.eta = opts.eta.or_else(|| opts.countdown.map(|c| Utc::now() + c));
+    h.expires = opts.expires;
+    h.timelimit = (opts.time_limit, opts.soft_time_limit);
+    h.origin = Some(defaults.origin.to_owned());
+    // send_task passes ignore_result through as given (None by default).
+    h.ignore_result = opts.ignore_result;
+    for (k, v) in &opts.headers {
+        h.extra.insert(k.clone(), v.clone());
+    }
+    msg.serializer = opts.serializer.unwrap_or(defaults.serializer);
+    let p = &mut msg.properties;
+    p.insert("correlation_id".into(), Value::String(id));
+    if let Some(reply_to) = defaults.reply_to {
+        p.insert("reply_to".into(), Value::String(reply_to.to_owned()));
+    }
+    p.insert("delivery_mode".into(), Value::from(2));
+    p.insert("priority".into(), Value::from(opts.priority.unwrap_or(0)));
+    if let Some(expires) = opts.expires {
+        // Celery also gives the message a broker TTL: milliseconds left, 0 when past.
+        let ms = (expires - Utc::now()).num_milliseconds().max(0);
+        p.insert("expiration".into(), Value::String(ms.to_string()));
+    }
+    let (exchange, routing_key) = route(opts, defaults.queue);
+    (msg, exchange, routing_key)
+}
+
+/// Celery's routing (`send_task_message`): without both an exchange and a routing key, the
+/// queue is reached through the default exchange by its name.
+pub(crate) fn route(opts: &SendOptions, default_queue: &str) -> (String, String) {
+    match (&opts.exchange, &opts.routing_key) {
+        (Some(e), Some(k)) if !e.is_empty() && !k.is_empty() => (e.clone(), k.clone()),
+        _ => (
+            String::new(),
+            opts.queue
+                .clone()
+                .unwrap_or_else(|| default_queue.to_owned()),
+        ),
     }
 }

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod errbacks;
 mod pipeline;
 mod rate;
 mod revoked;

@@ -3,7 +3,7 @@
 //! 1. `protocol::decode`: a message that cannot be read is dead-lettered, never dropped;
 //! 2. registry lookup: an unknown name stores FAILURE `NotRegistered` and acks;
 //! 3. expired (`expires` in the past) or revoked (its id in the revoked set): REVOKED is
-//!    stored and the message acked;
+//!    stored, the errbacks sent (`errbacks`) and the message acked;
 //! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
 //!    concurrency slot);
 //! 5. take a concurrency slot, then check 3 again (it may have expired or been revoked
@@ -13,17 +13,17 @@
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
 //!    republishes a copy, a rejection requeues or drops the message, success/failure is
-//!    stored (`rpc://`: sent to the message's `reply_to` queue);
+//!    stored (`rpc://`: sent to the message's `reply_to` queue), a failure's errbacks sent;
 //! 8. late ack (or, as Celery's `acks_on_failure_or_timeout` and `reject_on_worker_lost`
 //!    say, a requeue).
 
+use super::rate::RateLimits;
+use super::revoked::RevokedIds;
 use crate::backend::{AnyBackend, ReplyTo};
 use crate::broker::{AnyBroker, Delivery};
 use crate::protocol::kombu::py_repr;
-use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage, TaskState};
-use super::rate::RateLimits;
-use super::revoked::RevokedIds;
 use crate::protocol::result_meta::Extended;
+use crate::protocol::{self, ExceptionInfo, ResultMeta, TaskMessage, TaskState};
 use crate::registry::{Registry, TaskEntry};
 use crate::task::{self, Invocation, Request, TaskError, TaskErrorKind};
 use chrono::Utc;
@@ -181,7 +181,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
     let outcome = match hard {
         Some(limit) => tokio::time::timeout(limit, call)
             .await
-            .unwrap_or_else(|_| Err(TaskError::time_limit_exceeded(limit))),
+            .unwrap_or_else(|_| Err(time_limit_exceeded(limit, &msg, entry))),
         None => call.await,
     };
     drop(slot);
@@ -233,6 +233,7 @@ async fn discard(shared: &Shared, msg: &TaskMessage, reason: &str) {
     tracing::info!(task = %name, id = %id, reason, "discarding revoked task");
     let meta = shared.meta(ResultMeta::revoked(id, reason), msg);
     store(&shared.backend, &meta, msg).await;
+    super::errbacks::call(shared, msg).await;
 }
 
 /// What to do with a late-acked message once its task is over.
@@ -281,6 +282,19 @@ async fn finish_failed(
     // A failure that is not to be acked is rejected without requeue: the message is
     // dropped either way.
     Late::Ack
+}
+
+/// `TimeLimitExceeded(limit)` with the limit written as Celery's worker writes it: as given
+/// in the message or the task's options (`3` or `2.5`), but always a float for the worker's
+/// own limit (`celery worker --time-limit` parses a float: `3.0`).
+fn time_limit_exceeded(limit: Duration, msg: &TaskMessage, entry: &TaskEntry) -> TaskError {
+    let from_message = msg.headers.timelimit.0.is_some_and(|s| s > 0.0);
+    let err = TaskError::time_limit_exceeded(limit);
+    if from_message || entry.options.time_limit.is_some() {
+        err
+    } else {
+        err.with_args(vec![serde_json::Value::from(limit.as_secs_f64())])
+    }
 }
 
 /// The `(hard, soft)` limits in force: the message's `timelimit` header, else the task's
@@ -432,16 +446,18 @@ async fn retry(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: TaskE
     }
 }
 
+/// Store FAILURE (unless results are ignored) and send the errbacks (even then, as Celery's
+/// `mark_as_failure` does).
 async fn fail(shared: &Shared, entry: &TaskEntry, msg: &TaskMessage, err: &TaskError) {
-    if ignores_result(msg, Some(entry)) {
-        return;
+    if !ignores_result(msg, Some(entry)) {
+        let meta = shared.failure_meta(
+            msg,
+            err.to_exception_info(),
+            err.traceback().map(str::to_owned),
+        );
+        store(&shared.backend, &meta, msg).await;
     }
-    let meta = shared.failure_meta(
-        msg,
-        err.to_exception_info(),
-        err.traceback().map(str::to_owned),
-    );
-    store(&shared.backend, &meta, msg).await;
+    super::errbacks::call(shared, msg).await;
 }
 
 impl Shared {
@@ -451,10 +467,7 @@ impl Shared {
         exc: ExceptionInfo,
         traceback: Option<String>,
     ) -> ResultMeta {
-        self.meta(
-            ResultMeta::failure(&msg.headers.id, exc, traceback),
-            msg,
-        )
+        self.meta(ResultMeta::failure(&msg.headers.id, exc, traceback), msg)
     }
 
     /// Fill what Celery copies from the request into every stored result, and with

@@ -198,10 +198,13 @@ mod tests {
     fn old_ids_are_forgotten_and_the_set_is_bounded() {
         let mut set = Set::default();
         let now = Utc::now();
-        set.ids.insert("old".into(), now - chrono::Duration::hours(4));
+        set.ids
+            .insert("old".into(), now - chrono::Duration::hours(4));
         for i in 0..REVOKES_MAX + 10 {
-            set.ids
-                .insert(format!("id{i}"), now - chrono::Duration::milliseconds(i as i64));
+            set.ids.insert(
+                format!("id{i}"),
+                now - chrono::Duration::milliseconds(i as i64),
+            );
         }
         set.purge(now);
         assert_eq!(set.ids.len(), REVOKES_MAX);

@@ -40,9 +40,8 @@ use crate::protocol::RawMessage;
 use fields::short;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
