@@ -60,14 +60,24 @@ async fn main() -> anyhow::Result<()> {
     // Typed calls through the stubs `#[task]` wrote: `add::new` takes the task's parameters.
     let sum = client.send(&add::new(2, 3)).await?.get(wait).await?;
     println!("tasks.add(2, 3) -> SUCCESS {sum}");
-    let hello = client.send(&greet::new("celery".into(), Some(true))).await?;
-    println!("tasks.greet('celery', shout=True) -> SUCCESS {}", hello.get(wait).await?);
+    let hello = client
+        .send(&greet::new("celery".into(), Some(true)))
+        .await?;
+    println!(
+        "tasks.greet('celery', shout=True) -> SUCCESS {}",
+        hello.get(wait).await?
+    );
     let refused = client.send(&greet::new(String::new(), None)).await?;
     report("tasks.greet('')", refused.get(wait).await);
 
     // Untyped calls, as any client may send them: wrong arguments, an unknown task.
     let bad = client
-        .send_task("tasks.add", vec![json!("two"), json!(3)], Map::new(), &SendOptions::new())
+        .send_task(
+            "tasks.add",
+            vec![json!("two"), json!(3)],
+            Map::new(),
+            &SendOptions::new(),
+        )
         .await?;
     report("tasks.add('two', 3)", bad.get(wait).await);
     let missing = client

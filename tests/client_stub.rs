@@ -30,7 +30,10 @@ async fn scale(p: Point, by: Option<f64>) -> Point {
 #[celeriac::task]
 fn words(text: String, request: &celeriac::Request) -> Result<Vec<String>, TaskError> {
     if text.is_empty() {
-        return Err(TaskError::value_error(format!("nothing to split in {}", request.id)));
+        return Err(TaskError::value_error(format!(
+            "nothing to split in {}",
+            request.id
+        )));
     }
     Ok(text.split_whitespace().map(str::to_owned).collect())
 }
@@ -128,7 +131,11 @@ async fn stubs_send_typed_calls_and_read_typed_results() {
     match client.send(&take::new(Unsendable)).await {
         Err(ClientError::Arguments { task, source }) => {
             assert_eq!(task, "stub.take");
-            assert!(source.to_string().contains("Unsendable cannot be serialized"));
+            assert!(
+                source
+                    .to_string()
+                    .contains("Unsendable cannot be serialized")
+            );
         }
         other => panic!("expected ClientError::Arguments, got {other:?}"),
     }
@@ -138,7 +145,10 @@ async fn stubs_send_typed_calls_and_read_typed_results() {
     for i in 0..200 {
         let client = client.clone();
         calls.spawn(async move {
-            let p = Point { x: f64::from(i), y: 1.0 };
+            let p = Point {
+                x: f64::from(i),
+                y: 1.0,
+            };
             let r = client.send(&scale::new(p, Some(3.0))).await.unwrap();
             (i, r.get(WAIT).await.unwrap())
         });
@@ -146,7 +156,13 @@ async fn stubs_send_typed_calls_and_read_typed_results() {
     let mut done = 0;
     while let Some(joined) = calls.join_next().await {
         let (i, got) = joined.unwrap();
-        assert_eq!(got, Point { x: 3.0 * f64::from(i), y: 3.0 });
+        assert_eq!(
+            got,
+            Point {
+                x: 3.0 * f64::from(i),
+                y: 3.0
+            }
+        );
         done += 1;
     }
     assert_eq!(done, 200);

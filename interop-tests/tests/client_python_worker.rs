@@ -212,7 +212,10 @@ async fn scenarios(broker: &str, backend: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(forgotten.typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(), 10);
+    assert_eq!(
+        forgotten.typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(),
+        10
+    );
     forgotten.forget().await.unwrap();
     assert_eq!(forgotten.state().await.unwrap(), TaskState::Pending);
 

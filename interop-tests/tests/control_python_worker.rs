@@ -273,7 +273,10 @@ async fn scenarios(broker: &str) {
         );
         assert_eq!(r.state().await.unwrap(), TaskState::Revoked);
     }
-    assert_eq!(sent[2].typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(), 12);
+    assert_eq!(
+        sent[2].typed::<i64>().get(RESULT_TIMEOUT).await.unwrap(),
+        12
+    );
 
     // The command line with one worker prints what Celery's prints.
     for (args, captured) in [

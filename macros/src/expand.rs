@@ -203,7 +203,10 @@ fn options(args: &TaskArgs) -> TokenStream {
         "retry_backoff_max",
         args.retry_backoff_max.as_ref().map(|s| some(duration(s))),
     );
-    set("time_limit", args.time_limit.as_ref().map(|s| some(duration(s))));
+    set(
+        "time_limit",
+        args.time_limit.as_ref().map(|s| some(duration(s))),
+    );
     set(
         "soft_time_limit",
         args.soft_time_limit.as_ref().map(|s| some(duration(s))),

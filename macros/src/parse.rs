@@ -105,9 +105,15 @@ pub fn task_args(attr: TokenStream) -> syn::Result<TaskArgs> {
             }
             "default_retry_delay" => once!(default_retry_delay, seconds(meta.value()?.parse()?)?),
             "retry_backoff_max" => once!(retry_backoff_max, seconds(meta.value()?.parse()?)?),
-            "time_limit" => once!(time_limit, positive(seconds(meta.value()?.parse()?)?, &key)?),
+            "time_limit" => once!(
+                time_limit,
+                positive(seconds(meta.value()?.parse()?)?, &key)?
+            ),
             "soft_time_limit" => {
-                once!(soft_time_limit, positive(seconds(meta.value()?.parse()?)?, &key)?)
+                once!(
+                    soft_time_limit,
+                    positive(seconds(meta.value()?.parse()?)?, &key)?
+                )
             }
             "retry_backoff" => {
                 let backoff = match meta.value()?.parse::<Lit>()? {
