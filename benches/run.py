@@ -3,10 +3,9 @@
 
     python3 benches/run.py            # full run (~20 min on 2 cores), writes benches/RESULTS.md
     python3 benches/run.py --quick    # 1 run per measurement, small N (~5 min), prints only
-    python3 benches/run.py --smoke    # CI check: Redis only, tiny N, asserts, < 1 min
+    python3 benches/run.py --smoke    # CI check: Redis only, tiny N, asserts, ~1 min
 
-For each broker (Redis 127.0.0.1:6379 database 9, RabbitMQ vhost ``celeriac-bench``), in
-one run:
+For each broker (the harness's own Redis, RabbitMQ vhost ``celeriac-bench``), in one run:
 
 * drain: a queue is pre-filled with N ``interop.noop`` tasks by one fast publisher
   (``celeriac-bench publish``), then a worker is started and timed from the moment it
@@ -28,15 +27,23 @@ noise from other users of the machine spreads over all of them); medians are rep
 with min–max. The Markdown report goes to stdout and, for a full run, to
 benches/RESULTS.md.
 
-Needs: Redis and RabbitMQ running (never started or stopped here), ``rabbitmqctl`` (to
-create the vhost), cargo (builds the release binaries first unless ``--no-build``), and
-the project's venv (``.venv``, or ``CELERIAC_PYTHON``) with celery, redis and amqp; run
-with any python3, it re-executes itself with the venv's interpreter.
+Redis is the harness's own: it starts ``redis-server`` on 127.0.0.1:6390 (``--redis-port``;
+the next free port when that one is taken) without persistence, uses its database 0 for
+broker and backend, and stops it at the end, also when the run fails or is interrupted.
+(The shared server on 6379 is no place for it: every database there belongs to a test
+suite that flushes it.) ``--redis-url`` uses a running server instead.
+
+Needs: ``redis-server`` (Debian's package), RabbitMQ running (never started or stopped
+here), ``rabbitmqctl`` (to create the vhost), cargo (builds the release binaries first
+unless ``--no-build``; a no-op when they are up to date), and the project's venv
+(``.venv``, or ``CELERIAC_PYTHON``) with celery, redis and amqp; run with any python3, it
+re-executes itself with the venv's interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -44,6 +51,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -92,31 +100,8 @@ class BenchError(Exception):
     """A measurement that could not be made or did not check out."""
 
 
-def guarded(measure):
-    """Make a measurement again (once) when the benchmark's Redis database was flushed
-    under it: test suites share the server, and one of them may FLUSHDB database 9. Such a
-    measurement is void, whether it failed (a queue or results gone) or not (a queue that
-    vanished looks drained)."""
-    def run(self, *args, **kwargs):
-        for attempt in (1, 2):
-            self.results.plant_canary()
-            try:
-                out = measure(self, *args, **kwargs)
-            except BenchError as e:
-                if attempt == 2 or self.results.canary_alive():
-                    raise
-                log(f"  the Redis database was flushed during the measurement ({e}); "
-                    "measuring again")
-                self.remeasured += 1
-                continue
-            if self.results.canary_alive():
-                return out
-            if attempt == 2:
-                raise BenchError("the Redis database was flushed during the measurement, twice")
-            log("  the Redis database was flushed during the measurement; measuring again")
-            self.remeasured += 1
-    run.__name__, run.__doc__ = measure.__name__, measure.__doc__
-    return run
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def log(msg: str) -> None:
@@ -180,8 +165,19 @@ def memory_kb(pids: list[int]) -> tuple[int, int]:
     return rss, hwm
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the harness dies, even by SIGKILL
+    (``prctl(PR_SET_PDEATHSIG)``), so that no worker or server of its outlives it."""
+    if _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
 class Process:
-    """A process this harness started (its own session, so its pool children go with it)."""
+    """A process this harness started (its own session, so its pool children go with it;
+    signalled when the harness dies)."""
 
     def __init__(self, argv: list[str], log_path: Path, env: dict | None = None,
                  cwd: Path | None = None):
@@ -192,7 +188,7 @@ class Process:
         self._log.flush()
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:
@@ -223,6 +219,92 @@ class Process:
             pass
         self._log.close()
         return self.proc.returncode
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (bound as redis-server binds, with
+    SO_REUSEADDR, so that connections of an earlier run in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class RedisServer:
+    """The harness's own ``redis-server``: a child process on a private port of 127.0.0.1,
+    without persistence (``--save '' --appendonly no``), stopped at the end of the run. The
+    shared server's databases all belong to test suites, which flush them; nothing but the
+    harness uses this one."""
+
+    def __init__(self, port: int, logs: Path):
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise BenchError("redis-server is not installed (Debian: apt-get install "
+                             "redis-server), or pass --redis-url to use a running server")
+        workdir = logs / "redis"
+        workdir.mkdir(exist_ok=True)
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--daemonize", "no",
+                             "--dir", str(workdir), "--logfile", ""],
+                            logs / "redis.log", cwd=workdir)
+        client = redis.Redis.from_url(self.url)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if not self.proc.alive():
+                    raise BenchError(f"redis-server on port {port} exited with "
+                                     f"{self.proc.proc.returncode}: {self.log_tail()}")
+                try:
+                    info = client.info("server")
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"redis-server on port {port} did not answer in "
+                                         f"20 s (log: {self.proc.log_path})") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        if info["process_id"] != self.proc.pid:
+            self.stop()
+            raise BenchError(f"port {port} is answered by another Redis (pid "
+                             f"{info['process_id']}), not the one started here")
+        self.version = info["redis_version"]
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.proc.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:])
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
+def start_redis(port: int | None, logs: Path) -> RedisServer:
+    """Start the harness's own Redis on ``port``; by default on 6390, or the next free port
+    up to 6409 when that one is taken (another run of the harness, say)."""
+    ports = [port] if port is not None else list(range(6390, 6410))
+    for p in ports:
+        if not port_free(p):
+            if port is not None:
+                raise BenchError(f"127.0.0.1:{p} is in use; choose another --redis-port")
+            log(f"port {p} is in use; trying {p + 1}")
+            continue
+        try:
+            return RedisServer(p, logs)
+        except BenchError as e:
+            # Taken between the check and redis-server's bind: try the next one.
+            if port is None and "Address already in use" in str(e):
+                log(f"port {p} was taken meanwhile; trying {p + 1}")
+                continue
+            raise
+    raise BenchError(f"no free port for redis-server in {ports[0]}-{ports[-1]}")
 
 
 def run_tool(argv: list[str], timeout: float = 600.0) -> dict:
@@ -340,26 +422,19 @@ class Results:
             pipe.exists(*keys[i:i + 1000])
         return sum(pipe.execute())
 
-    def check_success(self, keys: list[str], sample: int = 20) -> None:
-        """A few of the stored values are SUCCESS as Celery writes them."""
-        for key in random.sample(keys, min(sample, len(keys))):
-            meta = json.loads(self.r.get(key))
-            if meta.get("status") != "SUCCESS":
-                raise BenchError(f"{key} holds {meta}")
+    def check_success(self, keys: list[str]) -> None:
+        """Every stored value is a SUCCESS of its own task, as Celery writes it."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            for key, raw in zip(chunk, self.r.mget(chunk)):
+                meta = json.loads(raw) if raw is not None else None
+                if (not meta or meta.get("status") != "SUCCESS"
+                        or f"celery-task-meta-{meta.get('task_id')}" != key):
+                    raise BenchError(f"{key} holds {meta}")
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             self.r.unlink(*keys[i:i + 1000])
-
-    CANARY = "celeriac.bench.canary"
-
-    def plant_canary(self) -> None:
-        """A key that only a FLUSHDB (or FLUSHALL) by someone else removes."""
-        self._canary = f"{random.getrandbits(64):016x}"
-        self.r.set(self.CANARY, self._canary, ex=3600)
-
-    def canary_alive(self) -> bool:
-        return self.r.get(self.CANARY) == self._canary.encode()
 
 
 def task_id(prefix: str, i: int) -> str:
@@ -500,7 +575,6 @@ class Bench:
         self.logs = logs
         self.results = Results(args.redis_url)
         self.poll = 0.01
-        self.remeasured = 0
 
     def publish(self, broker, n: int, prefix: str, *, ignore_result: bool,
                 eta_secs: int | None = None, check: bool = True) -> float:
@@ -515,7 +589,6 @@ class Bench:
             raise BenchError(f"published {n} but the queue holds {ready}")
         return n / out["seconds"]
 
-    @guarded
     def drain(self, broker, worker: Worker, n: int, results: bool) -> Drain:
         """Pre-fill ``n`` no-op tasks, start ``worker``, time the drain, check, clean up."""
         broker.reset()
@@ -562,7 +635,7 @@ class Bench:
                 chunks = [keys[i:i + 500] for i in range(0, n, 500)]
                 while chunks := self.results.missing_chunks(chunks):
                     proc.check_alive(worker.label)
-                    if time.monotonic() > deadline or not self.results.canary_alive():
+                    if time.monotonic() > deadline:
                         missing = len(keys) - self.results.count_present(keys)
                         raise BenchError(f"{worker.label}: {missing} of {n} results missing")
                     time.sleep(self.poll)
@@ -588,7 +661,6 @@ class Bench:
             self.results.delete(keys)
         return Drain(n, timed, t1 - t0, cpu1 - cpu0, hwm, publish_rate)
 
-    @guarded
     def round_trips(self, broker, targets: list[tuple[str, Worker, str]]) -> dict:
         """Round trips to every worker of ``targets`` (name, worker, expected result; one
         queue each, all running at once), the calls of each client going to them in turn:
@@ -633,7 +705,6 @@ class Bench:
         broker.reset(list(queues.values()))
         return latencies
 
-    @guarded
     def hold(self, broker, worker: Worker, n: int) -> dict:
         """RSS while ``worker`` holds ``n`` prefetched messages (eta an hour away)."""
         broker.reset()
@@ -652,16 +723,28 @@ class Bench:
             rss, hwm = memory_kb(proc.tree())
             if isinstance(broker, RedisBroker) and broker.held() != taken:
                 raise BenchError(f"{worker.label}: took {taken} but {broker.held()} unacked")
-        finally:
-            # Workers hand held messages back on a warm shutdown; nothing is measured then.
+        except BaseException:
             proc.stop(timeout=60)
             broker.reset()
+            raise
+        # Workers hand held messages back on a warm shutdown (nothing is measured then):
+        # every message is back in the queue, none left unacknowledged. (RabbitMQ takes its
+        # time requeueing what a closed channel held: ~20 s for 10,000 on 2 busy cores.
+        # Waited for, also so that none turns up in the next measurement's queue.)
+        proc.stop(timeout=60)
+        deadline = time.monotonic() + 120
+        while (back := broker.ready()) != n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = broker.held()
+        broker.reset()
+        if back != n or held:
+            raise BenchError(f"{worker.label}: after it stopped, {back} of {n} messages were "
+                             f"back in the queue and {held} unacknowledged")
         if taken < n:
             log(f"  {worker.label} held only {taken:,} of {n:,} messages after 120 s")
         return {"taken": taken, "rss_kb": rss, "hwm_kb": hwm, "label": worker.label}
 
 
-    @guarded
     def soak(self, broker, worker: Worker, total: int, chunk: int = 50_000) -> list:
         """Feed ``total`` no-op tasks through ``worker`` (the queue topped up by ``chunk``
         whenever it falls below half of that) and sample its RSS every second: a list of
@@ -732,7 +815,7 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):.2f}×"
 
 
-def machine() -> dict:
+def machine(redis_url: str) -> dict:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -750,7 +833,7 @@ def machine() -> dict:
             return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "?"
-    redis_version = redis.Redis.from_url("redis://127.0.0.1:6379").info("server")["redis_version"]
+    redis_version = redis.Redis.from_url(redis_url).info("server")["redis_version"]
     rabbit = version(["rabbitmqctl", "-q", "version"])
     import celery
     import kombu
@@ -1057,17 +1140,14 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     w("- Workers log at WARNING (Celery's default; `RUST_LOG=warn` for Celeriac). Celery runs "
       "`python-fixtures/pyinterop.py` with `--without-gossip --without-mingle "
       "--without-heartbeat`; without results it has no backend, and messages carry "
-      "`ignore_result: true`. Redis: database 9 of 127.0.0.1:6379 (broker and backend); "
-      "RabbitMQ: vhost `celeriac-bench`, queue `celeriac.bench`.")
+      "`ignore_result: true`. Redis (broker and backend): "
+      f"{report['redis']}; RabbitMQ: vhost `celeriac-bench`, queue `celeriac.bench`.")
     w("- The raw limit (`celeriac-bench raw`) only takes and acknowledges. Redis, kombu's "
       "bookkeeping: `BRPOP`, `MULTI ZADD unacked_index + HSET unacked EXEC`, ack `MULTI ZREM "
       "+ HDEL EXEC`, one message per round trip, or `RPOP <n>` and the same bookkeeping for "
       "up to 100 messages per round trip. RabbitMQ: prefetch 200, a `basic.ack` per message, "
       "or one `multiple=true` ack per batch at hand (≤ 100). With results it stores Celery's "
       "SUCCESS value (`SETEX` + `PUBLISH`), pipelined per batch.")
-    w("- Test suites share the Redis server and may flush database 9: a key planted before "
-      "each measurement and missing after it voids the measurement, which is made again "
-      f"(this run: {report.get('remeasured', 0)} time(s)).")
     w("- CPU seconds are counted from the first message taken to the end of the drain; peak "
       "RSS (VmHWM) includes start-up. For a prefork pool, RSS is summed over the parent and "
       "its children, so shared pages count more than once.")
@@ -1144,10 +1224,17 @@ def build(args) -> None:
             if not path.exists():
                 raise BenchError(f"{path} is missing (build it, or drop --no-build)")
         return
+    # Both in one invocation: the two binaries then share one build of the celeriac crate
+    # (the features unified), and interop-worker comes out exactly as `scripts/test.sh`'s
+    # `cargo build --release -p interop-tests --bin interop-worker` made it, so this is a
+    # no-op after that when celeriac-bench is up to date. (celeriac-bench built alone
+    # would need a second build of celeriac with other features.)
     log("cargo build --release (interop-worker, celeriac-bench)")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "interop-tests", "--bin",
+    t0 = time.monotonic()
+    subprocess.run(["cargo", "build", "--release", "-p", "interop-tests", "--bin",
                     "interop-worker", "-p", "celeriac-benches", "--bin", "celeriac-bench"],
                    cwd=REPO, check=True)
+    log(f"  built in {time.monotonic() - t0:.1f} s")
 
 
 def ensure_vhost(vhost: str) -> None:
@@ -1167,8 +1254,10 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def smoke_checks(report: dict) -> None:
-    """What --smoke asserts beyond every drain finishing with all its results present."""
+def smoke_checks(report: dict, plan: Plan) -> None:
+    """What --smoke asserts beyond what every measurement checks itself (each drain
+    finished, nothing back in the queue or unacknowledged, every result present and
+    SUCCESS): that every measurement was made."""
     for (broker, mode, kind, label), ds in report["drain"].items():
         for d in ds:
             if not d.n or d.seconds <= 0:
@@ -1183,6 +1272,14 @@ def smoke_checks(report: dict) -> None:
                     (b, "rust", "celeriac"), (b, "rust", "raw")):
             if key not in report["rtt"]:
                 raise BenchError(f"missing round trips {key}")
+        for kind in ("celeriac", "celery"):
+            holds = report["hold"].get((b, kind))
+            if not holds:
+                raise BenchError(f"missing memory while holding: {b} {kind}")
+            for h in holds:
+                if h["taken"] != plan.hold_n or h["rss_kb"] <= 0:
+                    raise BenchError(f"{b} {kind} held {h['taken']} of {plan.hold_n} "
+                                     f"messages (RSS {h['rss_kb']} kB)")
 
 
 def main() -> int:
@@ -1198,8 +1295,12 @@ def main() -> int:
                    help="seconds each drain should last (N is sized from the sweep)")
     p.add_argument("--calls", type=int, default=None, help="round trips per run (1,000)")
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--redis-url", default=os.environ.get("CELERIAC_BENCH_REDIS",
-                                                         "redis://127.0.0.1:6379/9"))
+    p.add_argument("--redis-port", type=int, default=None,
+                   help="port of the harness's own redis-server on 127.0.0.1 (default 6390, "
+                   "or the next free one)")
+    p.add_argument("--redis-url", default=os.environ.get("CELERIAC_BENCH_REDIS"),
+                   help="use this running Redis (broker and backend) instead of starting "
+                   "one; the harness deletes only its own keys there")
     p.add_argument("--amqp-url", default=os.environ.get("CELERIAC_BENCH_AMQP",
                                                         "amqp://guest:guest@127.0.0.1:5672"),
                    help="without the vhost")
@@ -1222,17 +1323,33 @@ def main() -> int:
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
-    try:
-        redis.Redis.from_url(args.redis_url).ping()
-    except redis.RedisError as e:
-        log(f"Redis does not answer at {args.redis_url}: {e} (start it: redis-server --daemonize yes)")
-        return 1
-    build(args)
-    report = {"machine": machine(), "brokers": [], "drain": {}, "rtt": {}, "hold": {},
-              "sweep": [], "chosen": {}, "load_before": load_average()}
+    # A CI timeout or a closed terminal stops the run like Ctrl-C: through the `finally`s
+    # below, which stop the workers and the harness's own Redis.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     logs = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
-    log(f"worker logs in {logs}")
+    log(f"logs in {logs}")
+    server = None
     try:
+        build(args)
+        t_built = time.monotonic()
+        if args.redis_url:
+            try:
+                redis.Redis.from_url(args.redis_url).ping()
+            except redis.RedisError as e:
+                raise BenchError(f"Redis does not answer at {args.redis_url}: {e}") from None
+            redis_desc = f"the running server `{args.redis_url}` (`--redis-url`)"
+        else:
+            server = start_redis(args.redis_port, logs)
+            args.redis_url = server.url
+            log(f"redis-server {server.version} (pid {server.proc.pid}) on 127.0.0.1:"
+                f"{server.port}, the harness's own")
+            redis_desc = (f"the harness's own `redis-server` on 127.0.0.1:{server.port}, "
+                          "started for the run without persistence (`--save '' "
+                          "--appendonly no`), database 0")
+        report = {"machine": machine(args.redis_url), "brokers": [], "drain": {}, "rtt": {},
+                  "hold": {}, "sweep": [], "chosen": {}, "load_before": load_average(),
+                  "redis": redis_desc}
         bench = Bench(args, logs)
         for b in brokers:
             if b == "redis":
@@ -1249,24 +1366,32 @@ def main() -> int:
                 broker.reset()
                 broker.close()
         report["load_after"] = load_average()
-        report["remeasured"] = bench.remeasured
         if args.smoke:
-            smoke_checks(report)
+            smoke_checks(report, plan)
     except BenchError as e:
-        log(f"FAILED: {e}")
+        log(f"FAILED: {e} (logs kept in {logs})")
         return 1
+    except subprocess.CalledProcessError as e:
+        log(f"FAILED: {' '.join(e.cmd)} exited with {e.returncode}")
+        return 1
+    except KeyboardInterrupt:
+        log(f"interrupted (logs kept in {logs})")
+        return 130
     finally:
-        redis.Redis.from_url(args.redis_url).delete(Results.CANARY)
+        if server is not None:
+            server.stop()
     text = render(report, args, plan, started, time.monotonic() - t_start)
     print(text)
     if out_path:
         out_path.write_text(text)
         log(f"wrote {out_path}")
     if args.smoke:
-        log("smoke test passed: every drain finished, every result was present")
+        log(f"smoke test passed in {time.monotonic() - t_built:.0f} s after the build: "
+            "every drain finished "
+            "with nothing left unacknowledged, every result present and SUCCESS, every "
+            "measurement made")
     shutil.rmtree(logs, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

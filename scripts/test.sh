@@ -5,7 +5,8 @@
 #   1. builds the Rust interop worker (release),
 #   2. runs `cargo test --workspace`, then the README's first command (the quickstart example),
 #   3. runs the pytest interop suite against that worker (Redis, RabbitMQ + Redis, RabbitMQ + rpc://),
-#   4. runs the Java interop tests (Maven) against that worker.
+#   4. runs the benchmark harness's smoke test (benches/run.py --smoke, on a Redis of its own),
+#   5. runs the Java interop tests (Maven) against that worker.
 # Every stage is announced; a failing stage stops the run with a non-zero exit code.
 # Nothing is skipped: a missing tool or service is installed or reported as a failure.
 set -Eeuo pipefail
@@ -204,6 +205,9 @@ done
 stage "pytest interop suite against the Rust worker"
 INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
     "$VENV/bin/pytest" interop-tests/python -q
+
+stage "benchmark smoke run"
+"$VENV/bin/python" benches/run.py --smoke
 
 stage "java interop tests (interop-tests/java: mvn -q test, artifacts from Maven Central)"
 (cd interop-tests/java && INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
