@@ -54,7 +54,8 @@ pub struct TaskOptions {
     /// acknowledging it.
     pub reject_on_worker_lost: Option<bool>,
     /// With `acks_late`: acknowledge failed and timed-out tasks (`true` when not set);
-    /// `false` requeues them.
+    /// `false` requeues a timed-out task's message and drops a failed one's (Celery rejects
+    /// it without requeue).
     pub acks_on_failure_or_timeout: Option<bool>,
 }
 

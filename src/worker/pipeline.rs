@@ -237,6 +237,7 @@ async fn discard(shared: &Shared, msg: &TaskMessage, reason: &str) {
 }
 
 /// What to do with a late-acked message once its task is over.
+#[derive(Debug, PartialEq, Eq)]
 enum Late {
     Ack,
     Requeue,
@@ -262,26 +263,34 @@ async fn finish_failed(
         fail(shared, entry, msg, &err).await;
         return Late::Ack;
     }
-    let timed_out = err.exc_type() == "TimeLimitExceeded";
-    let worker_lost = err.exc_type() == "WorkerLostError";
-    if timed_out {
+    if err.exc_type() == "TimeLimitExceeded" {
         tracing::error!(task = %name, id = %id, limit = ?err.exc_message(), "hard time limit exceeded");
     } else {
         tracing::warn!(task = %name, id = %id, exc_type = err.exc_type(), "task failed");
     }
-    let o = &entry.options;
-    let ack_flag = o.acks_on_failure_or_timeout.unwrap_or(true);
-    // Celery's `Request.on_failure`: a lost executor with `reject_on_worker_lost`, or a
-    // timeout that is not to be acked, go back to the queue and nothing is stored.
-    if acks_late
-        && ((worker_lost && o.reject_on_worker_lost == Some(true)) || (timed_out && !ack_flag))
-    {
+    if acks_late && after_failure(&entry.options, err.exc_type()) == Late::Requeue {
+        // Back to the queue, and nothing is stored: the task will run again.
         return Late::Requeue;
     }
     fail(shared, entry, msg, &err).await;
-    // A failure that is not to be acked is rejected without requeue: the message is
-    // dropped either way.
     Late::Ack
+}
+
+/// What becomes of a late-acked message whose task failed with `exc_type`, as Celery's
+/// `Request.on_failure` decides: a lost executor (`WorkerLostError`) under
+/// `reject_on_worker_lost`, and a timeout (`TimeLimitExceeded`) when
+/// `acks_on_failure_or_timeout` is false, are requeued; anything else is acked. (For a failure
+/// with `acks_on_failure_or_timeout = false` Celery rejects without requeue, which drops the
+/// message as an ack does.)
+fn after_failure(options: &crate::registry::TaskOptions, exc_type: &str) -> Late {
+    let ack_flag = options.acks_on_failure_or_timeout.unwrap_or(true);
+    let worker_lost = exc_type == "WorkerLostError";
+    let timed_out = exc_type == "TimeLimitExceeded";
+    if (worker_lost && options.reject_on_worker_lost == Some(true)) || (timed_out && !ack_flag) {
+        Late::Requeue
+    } else {
+        Late::Ack
+    }
 }
 
 /// `TimeLimitExceeded(limit)` with the limit written as Celery's worker writes it: as given
@@ -535,8 +544,40 @@ fn settle(result: Result<(), crate::broker::BrokerError>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{backoff, py_tuple_repr};
+    use super::{Late, after_failure, backoff, py_tuple_repr};
     use serde_json::json;
+
+    #[test]
+    fn late_acked_failures_requeue_only_as_celery_says() {
+        use crate::registry::TaskOptions;
+        let plain = TaskOptions::DEFAULT;
+        let reject_lost = TaskOptions {
+            reject_on_worker_lost: Some(true),
+            ..TaskOptions::DEFAULT
+        };
+        let keep_failed = TaskOptions {
+            acks_on_failure_or_timeout: Some(false),
+            ..TaskOptions::DEFAULT
+        };
+        // By default every failure is acked, a lost executor's and a timeout's too.
+        for exc in ["ValueError", "WorkerLostError", "TimeLimitExceeded"] {
+            assert_eq!(after_failure(&plain, exc), Late::Ack, "{exc}");
+        }
+        // reject_on_worker_lost requeues only a lost executor's message.
+        assert_eq!(
+            after_failure(&reject_lost, "WorkerLostError"),
+            Late::Requeue
+        );
+        assert_eq!(after_failure(&reject_lost, "ValueError"), Late::Ack);
+        assert_eq!(after_failure(&reject_lost, "TimeLimitExceeded"), Late::Ack);
+        // acks_on_failure_or_timeout = false requeues a timeout, and drops a failure.
+        assert_eq!(
+            after_failure(&keep_failed, "TimeLimitExceeded"),
+            Late::Requeue
+        );
+        assert_eq!(after_failure(&keep_failed, "ValueError"), Late::Ack);
+        assert_eq!(after_failure(&keep_failed, "WorkerLostError"), Late::Ack);
+    }
 
     #[test]
     fn tuples_are_written_as_python_does() {
