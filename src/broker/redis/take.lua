@@ -1,17 +1,30 @@
--- Take one message and record it in kombu's ack-emulation tables, atomically.
+-- Take up to N messages and record each in kombu's ack-emulation tables, atomically.
 --
 -- KEYS[1] = unacked (HASH), KEYS[2] = unacked_index (ZSET), KEYS[3] = celeriac.dead_letter (LIST),
--- KEYS[4..] = the list keys in BRPOP order (priority first, then queue).
--- ARGV[1] = now, unix seconds as a float string; ARGV[2..] = the queue name of each list key.
+-- KEYS[4..] = the list keys, priority step major: the Q queues of the cycle (in the order the
+--   caller's cycle had when it called) at step 0, then the same Q queues at step 3, 6 and 9.
+-- ARGV[1] = now, unix seconds as a float string; ARGV[2] = N, the most messages to take;
+-- ARGV[3..] = the Q queue names, in the cycle's order (their count gives Q).
 --
--- Returns nil when every list is empty,
---   {1, i, envelope}  when the message from list key i (1-based) was taken, or
---   {2, i, reason}    when it could not be recorded and was moved to the dead-letter list.
--- The envelope stays byte for byte as it was popped.
+-- Messages are taken one after another exactly as a kombu consumer doing N BRPOPs would take
+-- them: each time the first non-empty key in BRPOP order (priority step first, then the
+-- queue cycle), and after each message its queue moves to the end of the cycle (kombu's
+-- `_queue_cycle.rotate`). A key found empty stays empty for the rest of the script (nothing
+-- else runs meanwhile), so it is not popped twice.
+--
+-- Returns an array (empty when every list is empty) of, in taking order,
+--   {1, q, envelope}  a message from queue q (1-based index into ARGV[3..]), recorded, or
+--   {2, q, reason}    a message that could not be recorded and was moved to the dead-letter list.
+-- Each envelope stays byte for byte as it was popped.
 
 -- Python json.dumps (ensure_ascii) of a string. Bytes that are not valid UTF-8 are taken as
 -- Latin-1 characters, so any list element can be written into a JSON document.
 local function pystr(s)
+  -- Fast path: printable ASCII without '"' or '\' is written as it is. Python escapes every
+  -- other byte, DEL (0x7f) included (`[^\ -~]` in json.encoder's ESCAPE_ASCII).
+  if not string.find(s, '[%z\1-\31"\\\127-\255]') then
+    return '"' .. s .. '"'
+  end
   local out = {'"'}
   local i, n = 1, #s
   while i <= n do
@@ -43,7 +56,7 @@ local function pystr(s)
     elseif cp == 9 then out[#out + 1] = '\\t'
     elseif cp == 8 then out[#out + 1] = '\\b'
     elseif cp == 12 then out[#out + 1] = '\\f'
-    elseif cp < 0x20 then out[#out + 1] = string.format('\\u%04x', cp)
+    elseif cp < 0x20 or cp == 0x7f then out[#out + 1] = string.format('\\u%04x', cp)
     elseif cp < 0x80 then out[#out + 1] = string.char(cp)
     elseif cp < 0x10000 then out[#out + 1] = string.format('\\u%04x', cp)
     else
@@ -56,39 +69,84 @@ local function pystr(s)
   return table.concat(out)
 end
 
+-- Why an envelope cannot be recorded (nil when it can), and its tag, exchange, routing key.
+local function inspect(env)
+  local ok, msg = pcall(cjson.decode, env)
+  if not ok then
+    return 'envelope is not valid JSON: ' .. tostring(msg)
+  end
+  if type(msg) ~= 'table' or type(msg['properties']) ~= 'table' then
+    return 'envelope has no properties object'
+  end
+  local props = msg['properties']
+  local tag = props['delivery_tag']
+  local di = props['delivery_info']
+  if type(tag) ~= 'string' or tag == '' then
+    return 'envelope has no string properties.delivery_tag'
+  end
+  if type(di) ~= 'table' or type(di['exchange']) ~= 'string' or type(di['routing_key']) ~= 'string' then
+    return 'envelope has no properties.delivery_info with string exchange and routing_key'
+  end
+  return nil, tag, di['exchange'], di['routing_key']
+end
+
 local now = ARGV[1]
-for i = 4, #KEYS do
-  local env = redis.call('RPOP', KEYS[i])
-  if env then
-    local reason = nil
-    local ok, msg = pcall(cjson.decode, env)
-    local tag, ex, rk
-    if not ok then
-      reason = 'envelope is not valid JSON: ' .. tostring(msg)
-    elseif type(msg) ~= 'table' or type(msg['properties']) ~= 'table' then
-      reason = 'envelope has no properties object'
-    else
-      local props = msg['properties']
-      tag = props['delivery_tag']
-      local di = props['delivery_info']
-      if type(tag) ~= 'string' or tag == '' then
-        reason = 'envelope has no string properties.delivery_tag'
-      elseif type(di) ~= 'table' or type(di['exchange']) ~= 'string' or type(di['routing_key']) ~= 'string' then
-        reason = 'envelope has no properties.delivery_info with string exchange and routing_key'
-      else
-        ex = di['exchange']
-        rk = di['routing_key']
+local want = tonumber(ARGV[2])
+local nq = #ARGV - 2
+local nsteps = (#KEYS - 3) / nq
+-- The queue cycle as indexes 1..nq; kombu rotates the queue just served to the end.
+local cycle = {}
+for q = 1, nq do cycle[q] = q end
+local empty = {}
+local taken = {}
+-- ZADD / HSET arguments, sent once for the whole batch (kombu: one ZADD + HSET per message;
+-- the resulting tables are the same).
+local scores, fields = {}, {}
+-- A small cache so the same exchange / routing key is not escaped again for every message.
+local escaped = {}
+local function esc(s)
+  local e = escaped[s]
+  if not e then e = pystr(s); escaped[s] = e end
+  return e
+end
+
+while #taken < want do
+  local env, from = nil, nil
+  for step = 0, nsteps - 1 do
+    for pos = 1, nq do
+      local q = cycle[pos]
+      local k = 3 + step * nq + q
+      if not empty[k] then
+        env = redis.call('RPOP', KEYS[k])
+        if env then
+          from = pos
+          break
+        end
+        empty[k] = true
       end
     end
-    if reason then
-      redis.call('LPUSH', KEYS[3], '{"reason": ' .. pystr(reason) .. ', "queue": ' .. pystr(ARGV[i - 2]) ..
-        ', "received_at": ' .. now .. ', "envelope": ' .. pystr(env) .. '}')
-      return {2, i - 3, reason}
-    end
+    if env then break end
+  end
+  if not env then break end
+  local q = cycle[from]
+  table.remove(cycle, from)
+  cycle[nq] = q
+  local reason, tag, ex, rk = inspect(env)
+  if reason then
+    redis.call('LPUSH', KEYS[3], '{"reason": ' .. pystr(reason) .. ', "queue": ' .. pystr(ARGV[q + 2]) ..
+      ', "received_at": ' .. now .. ', "envelope": ' .. pystr(env) .. '}')
+    taken[#taken + 1] = {2, q, reason}
+  else
     -- kombu's QoS.append: ZADD unacked_index <time> <tag>; HSET unacked <tag> [envelope, exchange, routing_key]
-    redis.call('ZADD', KEYS[2], now, tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. env .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
-    return {1, i - 3, env}
+    scores[#scores + 1] = now
+    scores[#scores + 1] = tag
+    fields[#fields + 1] = tag
+    fields[#fields + 1] = '[' .. env .. ', ' .. esc(ex) .. ', ' .. esc(rk) .. ']'
+    taken[#taken + 1] = {1, q, env}
   end
 end
-return nil
+if #scores > 0 then
+  redis.call('ZADD', KEYS[2], unpack(scores))
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+return taken
