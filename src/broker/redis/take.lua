@@ -110,6 +110,9 @@ local function esc(s)
   return e
 end
 
+-- Envelopes popped ahead from the key kombu would serve next anyway (see below).
+local ahead, ahead_next, ahead_key = {}, 1, nil
+
 while #taken < want do
   local env, from = nil, nil
   for step = 0, nsteps - 1 do
@@ -117,9 +120,30 @@ while #taken < want do
       local q = cycle[pos]
       local k = 3 + step * nq + q
       if not empty[k] then
-        env = redis.call('RPOP', KEYS[k])
+        if k == ahead_key and ahead[ahead_next] then
+          env = ahead[ahead_next]
+          ahead_next = ahead_next + 1
+        else
+          env = redis.call('RPOP', KEYS[k])
+        end
         if env then
           from = pos
+          -- When every other key at this step and before is known to be empty, this key
+          -- stays first in BRPOP order (its queue only moves behind empty ones), so the
+          -- rest of the batch comes from it: pop it in one RPOP with a count.
+          if ahead_key ~= k and not ahead[ahead_next] and #taken + 1 < want then
+            local alone = true
+            for s2 = 0, step do
+              for q2 = 1, nq do
+                local k2 = 3 + s2 * nq + q2
+                if k2 ~= k and not empty[k2] then alone = false end
+              end
+            end
+            if alone then
+              ahead = redis.call('RPOP', KEYS[k], want - #taken - 1) or {}
+              ahead_next, ahead_key = 1, k
+            end
+          end
           break
         end
         empty[k] = true
