@@ -860,10 +860,13 @@ async fn acks_are_committed_together_and_each_resolves_after_its_tag_is_gone() {
     let mut removed = std::collections::HashSet::new();
     let mut hdels = 0;
     while removed.len() < n {
-        let line = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut lines))
-            .await
-            .expect("MONITOR shows every HDEL")
-            .expect("monitor stream");
+        let line = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut lines),
+        )
+        .await
+        .expect("MONITOR shows every HDEL")
+        .expect("monitor stream");
         if !line.contains("\"HDEL\" \"unacked\"") {
             continue;
         }
@@ -896,7 +899,11 @@ async fn prefetch_limit_holds_with_batched_takes() {
         held.push(recv(&mut c).await);
     }
     conformance::assert_nothing(&mut c, Duration::from_millis(300)).await;
-    assert_eq!(h.unacked_len().await, prefetch, "never more than prefetch taken");
+    assert_eq!(
+        h.unacked_len().await,
+        prefetch,
+        "never more than prefetch taken"
+    );
     assert_eq!(h.queue_len("celery").await, 40 - prefetch);
     // Three slots free: exactly three more come.
     for d in held.drain(..3) {
@@ -954,4 +961,94 @@ async fn dropped_consumer_with_a_taken_batch_loses_nothing() {
     assert_eq!(ids, want);
     c.close().await.unwrap();
     assert_eq!(h.unacked_len().await, 0);
+}
+
+#[tokio::test]
+async fn take_records_the_envelopes_own_tag_whatever_its_layout() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let props = |tag: &str| {
+        format!(
+            r#"{{"delivery_info": {{"exchange": "", "routing_key": "celery"}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "{tag}"}}"#
+        )
+    };
+    let headers = r#"{"lang": "py", "task": "tasks.add", "id": "ID", "retries": 0}"#;
+    let envelopes = [
+        // kombu's layout, with a decoy `properties` object nested in the headers.
+        format!(
+            r#"{{"body": "W10=", "content-type": "application/json", "headers": {}, "properties": {}}}"#,
+            headers.replace("ID", "decoy").replace(
+                "\"retries\": 0",
+                &format!(
+                    "\"retries\": 0, \"x\": {{\"a\": 1, \"properties\": {}}}",
+                    props("fake-1")
+                )
+            ),
+            props("real-1")
+        ),
+        // properties first: another client's key order.
+        format!(
+            r#"{{"properties": {}, "body": "W10=", "content-type": "application/json", "headers": {}}}"#,
+            props("real-2"),
+            headers.replace("ID", "first")
+        ),
+        // A string that looks like the properties key, then the real one.
+        format!(
+            r#"{{"body": "W10=", "content-type": "application/json", "headers": {}, "properties": {}}}"#,
+            headers.replace("ID", "quoted").replace(
+                "\"retries\": 0",
+                &format!(
+                    "\"retries\": 0, \"s\": \"x, \\\"properties\\\": {}\"",
+                    props("fake-3").replace('"', "\\\"")
+                )
+            ),
+            props("real-3")
+        ),
+        // Not JSON before a well-formed tail: recorded, then dead-lettered by the consumer.
+        format!(r#"{{"body": nope, "properties": {}}}"#, props("broken-4")),
+    ];
+    for e in &envelopes {
+        assert!(
+            !e.contains("real") || serde_json::from_str::<Value>(e).is_ok(),
+            "{e}"
+        );
+        let _: () = redis::cmd("LPUSH")
+            .arg("celery")
+            .arg(e)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut c = h.any().consume(&["celery".to_string()], 10).await.unwrap();
+    for (want_tag, want_id) in [
+        ("real-1", "decoy"),
+        ("real-2", "first"),
+        ("real-3", "quoted"),
+    ] {
+        let d = recv(&mut c).await;
+        assert_eq!(d.delivery_tag(), want_tag);
+        assert_eq!(conformance::id_of(&d), want_id);
+        let held: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg("unacked")
+            .arg(want_tag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(held.is_some(), "{want_tag} recorded under its own tag");
+        d.ack().await.unwrap();
+    }
+    conformance::assert_nothing(&mut c, Duration::from_millis(300)).await;
+    let dead = lrange(&mut conn, "celeriac.dead_letter").await;
+    assert_eq!(dead.len(), 1);
+    let entry: Value = serde_json::from_slice(&dead[0]).unwrap();
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("envelope is not valid JSON"),
+        "{entry}"
+    );
+    assert_eq!(entry["envelope"], json!(envelopes[3]));
+    assert_eq!(h.unacked_len().await, 0, "nothing left behind");
+    c.close().await.unwrap();
 }

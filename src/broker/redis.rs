@@ -436,19 +436,27 @@ impl RedisBroker {
             ::redis::Value::Nil => Vec::new(),
             other => return Err(unexpected(format!("{other:?}"))),
         };
-        let mut taken = Vec::with_capacity(items.len());
-        for item in items {
-            let ::redis::Value::Array(parts) = item else {
-                return Err(unexpected("an item is not an array".into()));
-            };
-            let mut parts = parts.into_iter();
+        if items.len() % 4 != 0 {
+            return Err(unexpected(format!(
+                "{} items, not 4 per message",
+                items.len()
+            )));
+        }
+        let mut taken = Vec::with_capacity(items.len() / 4);
+        let mut items = items.into_iter();
+        while let (Some(kind), Some(index), Some(payload), Some(tag)) =
+            (items.next(), items.next(), items.next(), items.next())
+        {
             let (
-                Some(::redis::Value::Int(kind)),
-                Some(::redis::Value::Int(index)),
-                Some(::redis::Value::BulkString(payload)),
-            ) = (parts.next(), parts.next(), parts.next())
+                ::redis::Value::Int(kind),
+                ::redis::Value::Int(index),
+                ::redis::Value::BulkString(payload),
+                ::redis::Value::BulkString(tag),
+            ) = (kind, index, payload, tag)
             else {
-                return Err(unexpected("an item is not {kind, queue, payload}".into()));
+                return Err(unexpected(
+                    "an item is not kind, queue, payload, tag".into(),
+                ));
             };
             let queue = usize::try_from(index)
                 .ok()
@@ -460,6 +468,7 @@ impl RedisBroker {
                 1 => Taken::Message {
                     queue,
                     envelope: payload,
+                    tag: String::from_utf8(tag).ok(),
                 },
                 2 => Taken::DeadLettered {
                     queue,
@@ -651,8 +660,13 @@ enum RestorePlan {
 
 /// One message the take script popped.
 enum Taken {
-    /// Recorded in `unacked`; the envelope exactly as popped.
-    Message { queue: String, envelope: Vec<u8> },
+    /// Recorded in `unacked` under `tag` (`None`: a tag that is not UTF-8); the envelope
+    /// exactly as popped.
+    Message {
+        queue: String,
+        envelope: Vec<u8>,
+        tag: Option<String>,
+    },
     /// Not recordable; moved to the dead-letter list by the script.
     DeadLettered { queue: String, reason: String },
 }
@@ -1176,13 +1190,17 @@ async fn deliver_batch(
     let mut permits = permits.into_iter();
     for item in batch {
         match item {
-            Taken::Message { queue, envelope } => {
+            Taken::Message {
+                queue,
+                envelope,
+                tag,
+            } => {
                 let Some(permit) = permits.next() else {
                     // Cannot happen: one permit was kept per message.
                     tracing::error!(%queue, "taken message without a prefetch slot; left for the visibility restore");
                     continue;
                 };
-                deliver(broker, tx, queue, envelope, received_at, permit).await;
+                deliver(broker, tx, queue, envelope, tag, received_at, permit).await;
             }
             Taken::DeadLettered { queue, reason } => {
                 tracing::error!(%queue, %reason, "undecodable envelope moved to {DEAD_LETTER_KEY}");
@@ -1191,31 +1209,18 @@ async fn deliver_batch(
     }
 }
 
-/// Turn a taken envelope into a delivery on the channel, or dead-letter it.
+/// Turn a taken envelope, recorded in `unacked` under `tag`, into a delivery on the
+/// channel, or dead-letter it.
 async fn deliver(
     broker: &RedisBroker,
     tx: &mpsc::Sender<Result<Delivery, BrokerError>>,
     queue: String,
     envelope: Vec<u8>,
+    tag: Option<String>,
     received_at: f64,
     permit: OwnedSemaphorePermit,
 ) {
     let decoded = decode_parts(&envelope);
-    let (decoded, tag) = match decoded {
-        Ok((message, Some(tag))) => (Ok(message), Some(tag)),
-        Ok((_, None)) => (Err(String::new()), None),
-        // The script only records envelopes with a string delivery tag, so this finds it.
-        Err(reason) => (
-            Err(reason),
-            serde_json::from_slice::<Value>(&envelope)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/properties/delivery_tag")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                }),
-        ),
-    };
     let acker = RedisAcker {
         broker: broker.clone(),
         queue,
@@ -1223,13 +1228,18 @@ async fn deliver(
         received_at,
     };
     let Some(tag) = tag else {
-        // JSON that Lua's cjson accepted but serde_json does not (e.g. NaN): the entry is in
-        // `unacked` under a tag we cannot read, so the visibility restore will bring it back.
-        tracing::error!(queue = %acker.queue, "envelope taken but unreadable here; left for the visibility restore");
+        // The entry is in `unacked` under a tag we cannot name, so the visibility restore
+        // will bring it back.
+        tracing::error!(queue = %acker.queue, "envelope taken under a tag that is not UTF-8; left for the visibility restore");
         return;
     };
     match decoded {
-        Ok(message) => {
+        Ok((message, parsed)) => {
+            if parsed.as_deref() != Some(tag.as_str()) {
+                // Only for JSON the two parsers read differently (e.g. duplicate keys): the
+                // bookkeeping is under the script's tag, so that one settles it.
+                tracing::warn!(delivery_tag = %tag, parsed = ?parsed, "envelope's delivery tag read differently here; using the recorded one");
+            }
             let delivery = Delivery::new(message, tag, Acker::Redis(acker), Some(permit));
             if let Err(mpsc::error::SendError(Ok(d))) = tx.send(Ok(delivery)).await {
                 // The consumer is gone: hand the message straight back.
