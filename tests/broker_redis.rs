@@ -680,3 +680,375 @@ async fn python_restore_visible_restores_what_rust_holds() {
     again.ack().await.unwrap();
     c.close().await.unwrap();
 }
+
+// ---- batched takes and group-committed acks ----
+
+/// Pushes `n` copies of the captured envelope (fresh tags `tag-<i>`, tricky exchange and
+/// routing keys) with kombu's own JSON, and prints, per tag, what kombu's `QoS.append` would
+/// write to `unacked`: `dumps([message, exchange, routing_key])`.
+const PY_PUSH_AND_EXPECT: &str = r#"
+import json, sys
+import redis
+from kombu.utils.json import dumps, loads
+r = redis.Redis.from_url(sys.argv[1])
+raw = loads(open(sys.argv[2]).read())[0]
+n = int(sys.argv[3])
+odd = ["", "celery", "ex\x7f\"q\\\u00e9\U0001F600\n\t\x01", "caf\u00e9 \u2028 x"]
+expected = {}
+for i in range(n):
+    m = json.loads(json.dumps(raw))
+    m["properties"]["delivery_tag"] = "tag-%d" % i
+    m["properties"]["delivery_info"] = {"exchange": odd[i % 4], "routing_key": odd[(i + 1) % 4]}
+    env = dumps(m)
+    r.lpush("celery", env)
+    expected[m["properties"]["delivery_tag"]] = dumps([loads(env), odd[i % 4], odd[(i + 1) % 4]])
+print(json.dumps(expected))
+"#;
+
+#[tokio::test]
+async fn batch_take_writes_kombus_bookkeeping_for_every_message() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let n = 250; // more than one batch
+    let out = python(
+        PY_PUSH_AND_EXPECT,
+        &[
+            URL,
+            &format!("{VECTORS}/ack-emulation/unacked_hash_value.json"),
+            &n.to_string(),
+        ],
+    );
+    let expected: Value = serde_json::from_str(out.trim()).unwrap();
+    let expected = expected.as_object().unwrap();
+    assert_eq!(expected.len(), n);
+    let before = now();
+    let mut c = h.any().consume(&["celery".to_string()], n).await.unwrap();
+    let mut got = Vec::new();
+    for i in 0..n {
+        let d = recv(&mut c).await;
+        // FIFO: the first pushed comes first.
+        assert_eq!(d.delivery_tag(), format!("tag-{i}"));
+        got.push(d);
+    }
+    let after = now();
+    let held: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), n);
+    for (tag, value) in &held {
+        assert_eq!(
+            String::from_utf8_lossy(value),
+            expected[tag].as_str().unwrap(),
+            "unacked[{tag}] is byte for byte what kombu writes"
+        );
+    }
+    let index: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("unacked_index")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(index.len(), n);
+    for (tag, score) in &index {
+        assert!(expected.contains_key(tag), "{tag}");
+        assert!(*score >= before - 0.01 && *score <= after + 0.01);
+    }
+    for d in got {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(h.unacked_len().await, 0);
+    c.close().await.unwrap();
+}
+
+/// Ids in the order a consumer of `queues` with prefetch `prefetch` receives them, acking
+/// each right away.
+async fn receive_order(h: &Harness, queues: &[&str], prefetch: usize, n: usize) -> Vec<String> {
+    let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    let mut c = h.any().consume(&queues, prefetch).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let d = recv(&mut c).await;
+        ids.push(conformance::id_of(&d));
+        d.ack().await.unwrap();
+    }
+    conformance::assert_nothing(&mut c, Duration::from_millis(200)).await;
+    c.close().await.unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn batches_keep_kombus_priority_and_queue_rotation_order() {
+    let h = setup().await;
+    let b = h.any();
+    // kombu's BRPOP order: priority step first, then the queue cycle, which rotates the
+    // queue just served to the end after every message.
+    let messages = [
+        ("a", "a0-1", None),
+        ("a", "a0-2", None),
+        ("a", "a9-1", Some(9)),
+        ("b", "b0-1", None),
+        ("b", "b3-1", Some(3)),
+        ("b", "b3-2", Some(4)),
+        ("c", "c6-1", Some(6)),
+        ("c", "c0-1", Some(1)),
+        ("c", "c0-2", None),
+        ("c", "c0-3", None),
+    ];
+    let want = [
+        "a0-1", "b0-1", "c0-1", "a0-2", "c0-2", "c0-3", "b3-1", "b3-2", "c6-1", "a9-1",
+    ];
+    // Prefetch 1 is one message per take (kombu's own pace); 3 and 100 split the same
+    // sequence into batches, and the rotation must carry over from batch to batch.
+    for prefetch in [1, 3, 100] {
+        for (q, id, priority) in messages {
+            b.publish(&sample(id, priority), "", q).await.unwrap();
+        }
+        let got = receive_order(&h, &["a", "b", "c"], prefetch, want.len()).await;
+        assert_eq!(got, want, "prefetch {prefetch}");
+        assert_eq!(h.unacked_len().await, 0);
+    }
+}
+
+#[tokio::test]
+async fn acks_are_committed_together_and_each_resolves_after_its_tag_is_gone() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let b = h.any();
+    let n = 120;
+    for i in 0..n {
+        b.publish(&sample(&format!("m{i}"), None), "", "celery")
+            .await
+            .unwrap();
+    }
+    let mut c = b.consume(&["celery".to_string()], n).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(recv(&mut c).await);
+    }
+    assert_eq!(h.unacked_len().await, n);
+    let tags: Vec<String> = held.iter().map(|d| d.delivery_tag().to_string()).collect();
+
+    // Watch which HDELs reach the server.
+    let client = redis::Client::open(URL).unwrap();
+    let monitor = client.get_async_monitor().await.unwrap();
+    let mut lines = monitor.into_on_message::<String>();
+
+    // Every ack checks, once it has resolved, that its own tag is gone from both tables.
+    let acks = held.into_iter().map(|d| {
+        let mut conn = conn.clone();
+        async move {
+            let tag = d.delivery_tag().to_string();
+            d.ack().await.unwrap();
+            let (in_hash, score): (bool, Option<f64>) = redis::pipe()
+                .hexists("unacked", &tag)
+                .zscore("unacked_index", &tag)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!in_hash && score.is_none(), "{tag} still held after ack()");
+        }
+    });
+    futures_util::future::join_all(acks).await;
+    assert_eq!(h.unacked_len().await, 0);
+
+    // Every tag was removed, by fewer HDELs than acks (here, on one thread, all in one).
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    let mut removed = std::collections::HashSet::new();
+    let mut hdels = 0;
+    while removed.len() < n {
+        let line = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut lines),
+        )
+        .await
+        .expect("MONITOR shows every HDEL")
+        .expect("monitor stream");
+        if !line.contains("\"HDEL\" \"unacked\"") {
+            continue;
+        }
+        let mine: Vec<&String> = tags
+            .iter()
+            .filter(|t| line.contains(&format!("\"{t}\"")))
+            .collect();
+        if !mine.is_empty() {
+            hdels += 1;
+            removed.extend(mine.into_iter().cloned());
+        }
+    }
+    assert!(hdels < n, "{hdels} HDELs for {n} acks: not coalesced");
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn prefetch_limit_holds_with_batched_takes() {
+    let h = setup().await;
+    let b = h.any();
+    for i in 0..40 {
+        b.publish(&sample(&format!("p{i}"), None), "", "celery")
+            .await
+            .unwrap();
+    }
+    let prefetch = 7;
+    let mut c = b.consume(&["celery".to_string()], prefetch).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..prefetch {
+        held.push(recv(&mut c).await);
+    }
+    conformance::assert_nothing(&mut c, Duration::from_millis(300)).await;
+    assert_eq!(
+        h.unacked_len().await,
+        prefetch,
+        "never more than prefetch taken"
+    );
+    assert_eq!(h.queue_len("celery").await, 40 - prefetch);
+    // Three slots free: exactly three more come.
+    for d in held.drain(..3) {
+        d.ack().await.unwrap();
+    }
+    for _ in 0..3 {
+        held.push(recv(&mut c).await);
+    }
+    conformance::assert_nothing(&mut c, Duration::from_millis(300)).await;
+    assert_eq!(h.unacked_len().await, prefetch);
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    c.close().await.unwrap();
+    assert_eq!(h.queue_len("celery").await, 40 - prefetch - 3);
+}
+
+#[tokio::test]
+async fn dropped_consumer_with_a_taken_batch_loses_nothing() {
+    let h = setup().await;
+    let b = h.any();
+    let n = 30;
+    for i in 0..n {
+        b.publish(&sample(&format!("d{i}"), None), "", "celery")
+            .await
+            .unwrap();
+    }
+    let mut c = b.consume(&["celery".to_string()], 10).await.unwrap();
+    let first = recv(&mut c).await;
+    // Wait until the whole window is taken (the rest of the batch is in the channel).
+    for _ in 0..100 {
+        if h.unacked_len().await == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.unacked_len().await, 10);
+    drop(first);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        h.unacked_len().await + h.queue_len("celery").await,
+        n,
+        "every message is either queued or in unacked"
+    );
+    let survivor = AnyBroker::Redis(broker(short_visibility()).await);
+    let mut c = survivor.consume(&["celery".to_string()], 5).await.unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < n {
+        let d = recv(&mut c).await;
+        ids.insert(conformance::id_of(&d));
+        d.ack().await.unwrap();
+    }
+    let want: std::collections::BTreeSet<String> = (0..n).map(|i| format!("d{i}")).collect();
+    assert_eq!(ids, want);
+    c.close().await.unwrap();
+    assert_eq!(h.unacked_len().await, 0);
+}
+
+#[tokio::test]
+async fn take_records_the_envelopes_own_tag_whatever_its_layout() {
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    let props = |tag: &str| {
+        format!(
+            r#"{{"delivery_info": {{"exchange": "", "routing_key": "celery"}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "{tag}"}}"#
+        )
+    };
+    let headers = r#"{"lang": "py", "task": "tasks.add", "id": "ID", "retries": 0}"#;
+    let envelopes = [
+        // kombu's layout, with a decoy `properties` object nested in the headers.
+        format!(
+            r#"{{"body": "W10=", "content-type": "application/json", "headers": {}, "properties": {}}}"#,
+            headers.replace("ID", "decoy").replace(
+                "\"retries\": 0",
+                &format!(
+                    "\"retries\": 0, \"x\": {{\"a\": 1, \"properties\": {}}}",
+                    props("fake-1")
+                )
+            ),
+            props("real-1")
+        ),
+        // properties first: another client's key order.
+        format!(
+            r#"{{"properties": {}, "body": "W10=", "content-type": "application/json", "headers": {}}}"#,
+            props("real-2"),
+            headers.replace("ID", "first")
+        ),
+        // A string that looks like the properties key, then the real one.
+        format!(
+            r#"{{"body": "W10=", "content-type": "application/json", "headers": {}, "properties": {}}}"#,
+            headers.replace("ID", "quoted").replace(
+                "\"retries\": 0",
+                &format!(
+                    "\"retries\": 0, \"s\": \"x, \\\"properties\\\": {}\"",
+                    props("fake-3").replace('"', "\\\"")
+                )
+            ),
+            props("real-3")
+        ),
+        // Not JSON before a well-formed tail: recorded, then dead-lettered by the consumer.
+        format!(r#"{{"body": nope, "properties": {}}}"#, props("broken-4")),
+    ];
+    for e in &envelopes {
+        assert!(
+            !e.contains("real") || serde_json::from_str::<Value>(e).is_ok(),
+            "{e}"
+        );
+        let _: () = redis::cmd("LPUSH")
+            .arg("celery")
+            .arg(e)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut c = h.any().consume(&["celery".to_string()], 10).await.unwrap();
+    for (want_tag, want_id) in [
+        ("real-1", "decoy"),
+        ("real-2", "first"),
+        ("real-3", "quoted"),
+    ] {
+        let d = recv(&mut c).await;
+        assert_eq!(d.delivery_tag(), want_tag);
+        assert_eq!(conformance::id_of(&d), want_id);
+        let held: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg("unacked")
+            .arg(want_tag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(held.is_some(), "{want_tag} recorded under its own tag");
+        d.ack().await.unwrap();
+    }
+    conformance::assert_nothing(&mut c, Duration::from_millis(300)).await;
+    let dead = lrange(&mut conn, "celeriac.dead_letter").await;
+    assert_eq!(dead.len(), 1);
+    let entry: Value = serde_json::from_slice(&dead[0]).unwrap();
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("envelope is not valid JSON"),
+        "{entry}"
+    );
+    assert_eq!(entry["envelope"], json!(envelopes[3]));
+    assert_eq!(h.unacked_len().await, 0, "nothing left behind");
+    c.close().await.unwrap();
+}

@@ -57,9 +57,9 @@ use ::redis::{
 };
 use base64::Engine as _;
 use serde_json::{Map, Value};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// kombu's separator between a queue name and its priority step.
@@ -82,6 +82,12 @@ const SETTLE_ATTEMPTS: usize = 5;
 const BLOCK_SECS: u64 = 10;
 /// If no waiter wakes the fetcher (e.g. their connections are down) it looks again after this.
 const WAKE_FALLBACK: Duration = Duration::from_secs(30);
+/// Most messages one take script takes (one round trip).
+const TAKE_MAX: usize = 100;
+/// How long the fetcher waits for more free prefetch slots while the window is nearly full.
+const FILL_WAIT: Duration = Duration::from_millis(1);
+/// Most acknowledgements one `MULTI ZREM HDEL EXEC` carries.
+const ACK_MAX: usize = 1000;
 /// Pause after a failed Redis call before trying again.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -153,6 +159,9 @@ struct Inner {
     publisher: ConnectionManager,
     opts: BrokerOptions,
     url: RedisUrl,
+    /// The group-commit acknowledger ([`ack_loop`]), started on the first ack. It ends when
+    /// this sender is dropped with the last clone of the broker.
+    acks: OnceLock<mpsc::UnboundedSender<AckRequest>>,
 }
 
 impl RedisBroker {
@@ -194,6 +203,7 @@ impl RedisBroker {
                 publisher,
                 opts,
                 url,
+                acks: OnceLock::new(),
             }),
         })
     }
@@ -385,6 +395,7 @@ impl RedisBroker {
             self.clone(),
             cycle,
             Arc::new(Semaphore::new(permits)),
+            permits,
             tx,
             stop_rx,
         ));
@@ -396,52 +407,77 @@ impl RedisBroker {
         })
     }
 
-    /// Run the take script once over the keys of `cycle` in kombu's BRPOP order.
-    async fn take(&self, cycle: &[String]) -> Result<Taken, BrokerError> {
+    /// Run the take script once: up to `max` messages from the keys of `cycle` in kombu's
+    /// BRPOP order, rotating the cycle after each as kombu does (the caller replays the
+    /// rotation from the queues of what was taken). Also returns the time they were taken.
+    async fn take(&self, cycle: &[String], max: usize) -> Result<(Vec<Taken>, f64), BrokerError> {
         let now = now_secs();
         let mut inv = TAKE.prepare_invoke();
         inv.key(UNACKED).key(UNACKED_INDEX).key(DEAD_LETTER_KEY);
-        let mut queues = Vec::with_capacity(cycle.len() * PRIORITY_STEPS.len());
         for step in PRIORITY_STEPS {
             for q in cycle {
                 inv.key(queue_key(q, step));
-                queues.push(q.as_str());
             }
         }
-        inv.arg(py_float(now));
-        for q in &queues {
-            inv.arg(*q);
+        inv.arg(py_float(now)).arg(max);
+        for q in cycle {
+            inv.arg(q.as_str());
         }
-        let reply: Option<(i64, usize, Vec<u8>)> = inv
+        let reply: ::redis::Value = inv
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err("EVALSHA take"))?;
-        let Some((kind, index, payload)) = reply else {
-            return Ok(Taken::Nothing);
+        let unexpected = |detail: String| BrokerError::UnexpectedReply {
+            command: "EVALSHA take",
+            detail,
         };
-        let queue = index
-            .checked_sub(1)
-            .and_then(|i| queues.get(i))
-            .map(|q| q.to_string())
-            .ok_or_else(|| BrokerError::UnexpectedReply {
-                command: "EVALSHA take",
-                detail: format!("key index {index}"),
-            })?;
-        match kind {
-            1 => Ok(Taken::Message {
-                queue,
-                envelope: payload,
-                received_at: now,
-            }),
-            2 => Ok(Taken::DeadLettered {
-                queue,
-                reason: String::from_utf8_lossy(&payload).into_owned(),
-            }),
-            other => Err(BrokerError::UnexpectedReply {
-                command: "EVALSHA take",
-                detail: format!("kind {other}"),
-            }),
+        let items = match reply {
+            ::redis::Value::Array(items) => items,
+            ::redis::Value::Nil => Vec::new(),
+            other => return Err(unexpected(format!("{other:?}"))),
+        };
+        if items.len() % 4 != 0 {
+            return Err(unexpected(format!(
+                "{} items, not 4 per message",
+                items.len()
+            )));
         }
+        let mut taken = Vec::with_capacity(items.len() / 4);
+        let mut items = items.into_iter();
+        while let (Some(kind), Some(index), Some(payload), Some(tag)) =
+            (items.next(), items.next(), items.next(), items.next())
+        {
+            let (
+                ::redis::Value::Int(kind),
+                ::redis::Value::Int(index),
+                ::redis::Value::BulkString(payload),
+                ::redis::Value::BulkString(tag),
+            ) = (kind, index, payload, tag)
+            else {
+                return Err(unexpected(
+                    "an item is not kind, queue, payload, tag".into(),
+                ));
+            };
+            let queue = usize::try_from(index)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| cycle.get(i))
+                .cloned()
+                .ok_or_else(|| unexpected(format!("queue index {index}")))?;
+            taken.push(match kind {
+                1 => Taken::Message {
+                    queue,
+                    envelope: payload,
+                    tag: String::from_utf8(tag).ok(),
+                },
+                2 => Taken::DeadLettered {
+                    queue,
+                    reason: String::from_utf8_lossy(&payload).into_owned(),
+                },
+                other => return Err(unexpected(format!("kind {other}"))),
+            });
+        }
+        Ok((taken, now))
     }
 
     /// kombu's `QoS.restore_visible`: under `unacked_mutex`, put every message taken more
@@ -622,17 +658,17 @@ enum RestorePlan {
     },
 }
 
+/// One message the take script popped.
 enum Taken {
-    Nothing,
+    /// Recorded in `unacked` under `tag` (`None`: a tag that is not UTF-8); the envelope
+    /// exactly as popped.
     Message {
         queue: String,
         envelope: Vec<u8>,
-        received_at: f64,
+        tag: Option<String>,
     },
-    DeadLettered {
-        queue: String,
-        reason: String,
-    },
+    /// Not recordable; moved to the dead-letter list by the script.
+    DeadLettered { queue: String, reason: String },
 }
 
 fn msg_props(envelope: &Value) -> Map<String, Value> {
@@ -701,26 +737,117 @@ pub fn envelope(msg: &RawMessage, exchange: &str, routing_key: &str, delivery_ta
 /// base64-decoded when `body_encoding` is `base64`, transport keys taken out of the
 /// properties. The error is a reason for the dead-letter list.
 pub fn decode_envelope(bytes: &[u8]) -> Result<RawMessage, String> {
+    decode_parts(bytes).map(|(message, _)| message)
+}
+
+/// A string field that borrows from the envelope when it has no escapes (a base64 body).
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// kombu's envelope as it is on the wire, read in one pass (no `Value` tree for the
+/// envelope itself). Anything this does not accept goes through [`decode_slow`], which
+/// accepts the same documents as before and says what is wrong.
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    body: Option<Text<'a>>,
+    #[serde(rename = "content-encoding", default)]
+    content_encoding: Option<String>,
+    #[serde(rename = "content-type", default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    properties: Map<String, Value>,
+}
+
+/// The envelope's parts before the transport keys are taken out.
+struct Parts<'a> {
+    body: Option<std::borrow::Cow<'a, str>>,
+    content_type: String,
+    content_encoding: String,
+    headers: Map<String, Value>,
+    props: Map<String, Value>,
+}
+
+/// [`decode_envelope`], also returning `properties.delivery_tag` when it is a string.
+pub(crate) fn decode_parts(bytes: &[u8]) -> Result<(RawMessage, Option<String>), String> {
+    let parts = match serde_json::from_slice::<Wire<'_>>(bytes) {
+        Ok(w) => Parts {
+            body: w.body.map(|t| t.0),
+            content_type: w.content_type.unwrap_or_default(),
+            content_encoding: w.content_encoding.unwrap_or_default(),
+            headers: w.headers.unwrap_or_default(),
+            props: w.properties,
+        },
+        Err(_) => decode_slow(bytes)?,
+    };
+    let Parts {
+        body,
+        content_type,
+        content_encoding,
+        headers,
+        mut props,
+    } = parts;
+    let body_encoding = props.remove("body_encoding");
+    let tag = match props.remove("delivery_tag") {
+        Some(Value::String(t)) => Some(t),
+        _ => None,
+    };
+    let di = props.remove("delivery_info");
+    let body = match body {
+        None => Vec::new(),
+        Some(s) => match body_encoding {
+            Some(Value::String(e)) if e == "base64" => BASE64
+                .decode(s.as_bytes())
+                .map_err(|e| format!("body is not valid base64: {e}"))?,
+            None | Some(Value::Null) => s.into_owned().into_bytes(),
+            Some(other) => return Err(format!("unsupported body_encoding {other}")),
+        },
+    };
+    let mut delivery_info = DeliveryInfo::default();
+    if let Some(Value::Object(mut di)) = di {
+        let mut text = |k: &str| match di.remove(k) {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
+        delivery_info.exchange = text("exchange");
+        delivery_info.routing_key = text("routing_key");
+        delivery_info.redelivered = di
+            .get("redelivered")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+    }
+    delivery_info.priority = props
+        .get("priority")
+        .and_then(Value::as_u64)
+        .and_then(|p| u8::try_from(p).ok());
+    Ok((
+        RawMessage {
+            body,
+            content_type,
+            content_encoding,
+            headers,
+            properties: props,
+            delivery_info,
+        },
+        tag,
+    ))
+}
+
+/// The envelope through a `Value` tree: accepts what [`Wire`] does not (duplicate keys) and
+/// names what is wrong with the rest.
+fn decode_slow(bytes: &[u8]) -> Result<Parts<'static>, String> {
     let v: Value =
         serde_json::from_slice(bytes).map_err(|e| format!("envelope is not valid JSON: {e}"))?;
     let Value::Object(mut env) = v else {
         return Err("envelope is not a JSON object".into());
     };
-    let Some(Value::Object(mut props)) = env.remove("properties") else {
+    let Some(Value::Object(props)) = env.remove("properties") else {
         return Err("envelope has no properties object".into());
     };
-    let body_encoding = props.remove("body_encoding");
-    props.remove("delivery_tag");
-    let di = props.remove("delivery_info");
     let body = match env.remove("body") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => match body_encoding {
-            Some(Value::String(e)) if e == "base64" => BASE64
-                .decode(s.as_bytes())
-                .map_err(|e| format!("body is not valid base64: {e}"))?,
-            None | Some(Value::Null) => s.into_bytes(),
-            Some(other) => return Err(format!("unsupported body_encoding {other}")),
-        },
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(std::borrow::Cow::Owned(s)),
         Some(_) => return Err("envelope body is not a string".into()),
     };
     let text = |v: Option<Value>, what: &str| -> Result<String, String> {
@@ -737,34 +864,12 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<RawMessage, String> {
         Some(Value::Object(h)) => h,
         Some(_) => return Err("envelope headers is not an object".into()),
     };
-    let mut delivery_info = DeliveryInfo::default();
-    if let Some(Value::Object(di)) = di {
-        delivery_info.exchange = di
-            .get("exchange")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        delivery_info.routing_key = di
-            .get("routing_key")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        delivery_info.redelivered = di
-            .get("redelivered")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-    }
-    delivery_info.priority = props
-        .get("priority")
-        .and_then(Value::as_u64)
-        .and_then(|p| u8::try_from(p).ok());
-    Ok(RawMessage {
+    Ok(Parts {
         body,
         content_type,
         content_encoding,
         headers,
-        properties: props,
-        delivery_info,
+        props,
     })
 }
 
@@ -832,8 +937,27 @@ pub(crate) struct RedisAcker {
 }
 
 impl RedisAcker {
-    /// kombu's ack: `MULTI; ZREM unacked_index <tag>; HDEL unacked <tag>; EXEC`.
+    /// kombu's ack: `MULTI; ZREM unacked_index <tag>; HDEL unacked <tag>; EXEC`, committed in
+    /// a group with the acks of other deliveries made meanwhile (see [`ack_loop`]). Returns
+    /// once this tag's transaction has run.
     pub(crate) async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
+        let inner = &self.broker.inner;
+        let acks = inner.acks.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(ack_loop(inner.conn.clone(), rx));
+            tx
+        });
+        let (done, result) = oneshot::channel();
+        let request = AckRequest {
+            tag: tag.to_string(),
+            done,
+        };
+        if acks.send(request).is_ok()
+            && let Ok(result) = result.await
+        {
+            return result.map_err(redis_err("ZREM/HDEL unacked"));
+        }
+        // The acknowledger is gone (its runtime ended): ack on our own.
         ::redis::pipe()
             .atomic()
             .zrem(UNACKED_INDEX, tag)
@@ -866,6 +990,34 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// One acknowledgement waiting for its group commit.
+struct AckRequest {
+    tag: String,
+    done: oneshot::Sender<Result<(), ::redis::RedisError>>,
+}
+
+/// Group commit of acks: at most one `MULTI; ZREM unacked_index <tags>; HDEL unacked <tags>;
+/// EXEC` in flight, carrying every ack requested while the previous one ran. The same
+/// entries are removed as by one kombu ack per tag, in a fraction of the round trips, and
+/// every requester learns the outcome of the transaction that carried its tag.
+async fn ack_loop(mut conn: ConnectionManager, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+    let mut batch = Vec::new();
+    let mut tags: Vec<String> = Vec::new();
+    while rx.recv_many(&mut batch, ACK_MAX).await > 0 {
+        tags.clear();
+        tags.extend(batch.iter_mut().map(|r| std::mem::take(&mut r.tag)));
+        let result = ::redis::pipe()
+            .atomic()
+            .zrem(UNACKED_INDEX, &tags)
+            .hdel(UNACKED, &tags)
+            .query_async::<()>(&mut conn)
+            .await;
+        for request in batch.drain(..) {
+            let _ = request.done.send(result.clone());
+        }
+    }
+}
+
 /// Aborts the waiter tasks when the fetcher ends, which drops their connections.
 struct Waiters(Vec<JoinHandle<()>>);
 
@@ -877,10 +1029,52 @@ impl Drop for Waiters {
     }
 }
 
+/// Free prefetch slots, one permit per message to take: at least one (waiting for it), and
+/// whatever else is free, up to [`TAKE_MAX`]. When fewer than `low` are free the window is
+/// nearly full, so the worker has plenty in hand: wait up to [`FILL_WAIT`] for `low`, so
+/// that a deep queue is taken in batches rather than a message or two per round trip.
+async fn acquire_slots(
+    slots: &Arc<Semaphore>,
+    low: usize,
+) -> Result<Vec<OwnedSemaphorePermit>, tokio::sync::AcquireError> {
+    let first = slots.clone().acquire_owned().await?;
+    let mut permits = Vec::with_capacity(TAKE_MAX);
+    permits.push(first);
+    if low > 1 && slots.available_permits() < low - 1 {
+        let more = slots.clone().acquire_many_owned((low - 1) as u32);
+        if let Ok(Ok(more)) = tokio::time::timeout(FILL_WAIT, more).await {
+            split_permits(more, &mut permits);
+        }
+    }
+    more_slots(slots, &mut permits);
+    Ok(permits)
+}
+
+/// Add the slots free right now to `permits`, up to [`TAKE_MAX`] in all.
+fn more_slots(slots: &Arc<Semaphore>, permits: &mut Vec<OwnedSemaphorePermit>) {
+    let want = TAKE_MAX.saturating_sub(permits.len());
+    let free = slots.available_permits().min(want);
+    if free > 0
+        && let Ok(more) = slots.clone().try_acquire_many_owned(free as u32)
+    {
+        split_permits(more, permits);
+    }
+}
+
+fn split_permits(mut permit: OwnedSemaphorePermit, out: &mut Vec<OwnedSemaphorePermit>) {
+    while permit.num_permits() > 1 {
+        if let Some(one) = permit.split(1) {
+            out.push(one);
+        }
+    }
+    out.push(permit);
+}
+
 async fn fetch_loop(
     broker: RedisBroker,
     mut cycle: Vec<String>,
     slots: Arc<Semaphore>,
+    window: usize,
     tx: mpsc::Sender<Result<Delivery, BrokerError>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -898,34 +1092,34 @@ async fn fetch_loop(
             waiters.0.push(tokio::spawn(task));
         }
     }
+    // While the prefetch window is full the worker has plenty to do: wait until a quarter of
+    // it is free again and take that in one round trip, rather than one message per slot.
+    let low = (window / 4).clamp(1, TAKE_MAX);
     let mut generation = 0u64;
     let mut error_reported = false;
+    // A batch taken while the previous one was being handed out.
+    let mut ahead: Option<(
+        Vec<OwnedSemaphorePermit>,
+        Result<(Vec<Taken>, f64), BrokerError>,
+    )> = None;
     loop {
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        let (mut permits, taken) = match ahead.take() {
+            Some(batch) => batch,
+            None => {
+                let permits = tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => return,
+                    p = acquire_slots(&slots, low) => match p { Ok(p) => p, Err(_) => return },
+                };
+                // The take itself is never cancelled: once the script has run, its messages
+                // must reach the channel (or be restored), not vanish into `unacked`.
+                let taken = broker.take(&cycle, permits.len()).await;
+                (permits, taken)
+            }
         };
-        // The take itself is never cancelled: once the script has run, its message must reach
-        // the channel (or be restored), not vanish into `unacked`.
-        match broker.take(&cycle).await {
-            Ok(Taken::Message {
-                queue,
-                envelope,
-                received_at,
-            }) => {
-                error_reported = false;
-                rotate(&mut cycle, &queue);
-                deliver(&broker, &tx, queue, envelope, received_at, permit).await;
-                if tx.is_closed() {
-                    return;
-                }
-            }
-            Ok(Taken::DeadLettered { queue, reason }) => {
-                tracing::error!(%queue, %reason, "undecodable envelope moved to {DEAD_LETTER_KEY}");
-            }
-            Ok(Taken::Nothing) => {
-                drop(permit);
+        match taken {
+            Ok((batch, _)) if batch.is_empty() => {
+                drop(permits);
                 generation += 1;
                 arm.send_replace(generation);
                 tokio::select! {
@@ -935,9 +1129,42 @@ async fn fetch_loop(
                     _ = tokio::time::sleep(WAKE_FALLBACK) => {}
                 }
             }
+            Ok((batch, received_at)) => {
+                error_reported = false;
+                let full = batch.len() == permits.len();
+                for item in &batch {
+                    match item {
+                        Taken::Message { queue, .. } | Taken::DeadLettered { queue, .. } => {
+                            rotate(&mut cycle, queue);
+                        }
+                    }
+                }
+                // Each message keeps one slot; the rest go back now.
+                let messages = batch
+                    .iter()
+                    .filter(|t| matches!(t, Taken::Message { .. }))
+                    .count();
+                permits.truncate(messages);
+                let deliveries = deliver_batch(&broker, &tx, batch, received_at, permits);
+                // A full batch says the queues are deep: take the next one while this one is
+                // handed out (decoding it overlaps the round trip).
+                let mut next = Vec::new();
+                if full && !*stop.borrow() && !tx.is_closed() {
+                    more_slots(&slots, &mut next);
+                }
+                if next.is_empty() {
+                    deliveries.await;
+                } else {
+                    let (taken, ()) = tokio::join!(broker.take(&cycle, next.len()), deliveries);
+                    ahead = Some((next, taken));
+                }
+                if tx.is_closed() && ahead.is_none() {
+                    return;
+                }
+            }
             Err(e) => {
-                drop(permit);
-                tracing::warn!(error = %e, "taking a message from redis failed; retrying");
+                drop(permits);
+                tracing::warn!(error = %e, "taking messages from redis failed; retrying");
                 if !error_reported {
                     error_reported = true;
                     let _ = tx.try_send(Err(e));
@@ -952,24 +1179,48 @@ async fn fetch_loop(
     }
 }
 
-/// Turn a taken envelope into a delivery on the channel, or dead-letter it.
+/// Hand out one taken batch in order, one prefetch slot per message.
+async fn deliver_batch(
+    broker: &RedisBroker,
+    tx: &mpsc::Sender<Result<Delivery, BrokerError>>,
+    batch: Vec<Taken>,
+    received_at: f64,
+    permits: Vec<OwnedSemaphorePermit>,
+) {
+    let mut permits = permits.into_iter();
+    for item in batch {
+        match item {
+            Taken::Message {
+                queue,
+                envelope,
+                tag,
+            } => {
+                let Some(permit) = permits.next() else {
+                    // Cannot happen: one permit was kept per message.
+                    tracing::error!(%queue, "taken message without a prefetch slot; left for the visibility restore");
+                    continue;
+                };
+                deliver(broker, tx, queue, envelope, tag, received_at, permit).await;
+            }
+            Taken::DeadLettered { queue, reason } => {
+                tracing::error!(%queue, %reason, "undecodable envelope moved to {DEAD_LETTER_KEY}");
+            }
+        }
+    }
+}
+
+/// Turn a taken envelope, recorded in `unacked` under `tag`, into a delivery on the
+/// channel, or dead-letter it.
 async fn deliver(
     broker: &RedisBroker,
     tx: &mpsc::Sender<Result<Delivery, BrokerError>>,
     queue: String,
     envelope: Vec<u8>,
+    tag: Option<String>,
     received_at: f64,
     permit: OwnedSemaphorePermit,
 ) {
-    // The script only records envelopes with a string delivery tag, so this finds it.
-    let tag = serde_json::from_slice::<Value>(&envelope)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/properties/delivery_tag")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-    let decoded = decode_envelope(&envelope);
+    let decoded = decode_parts(&envelope);
     let acker = RedisAcker {
         broker: broker.clone(),
         queue,
@@ -977,13 +1228,18 @@ async fn deliver(
         received_at,
     };
     let Some(tag) = tag else {
-        // JSON that Lua's cjson accepted but serde_json does not (e.g. NaN): the entry is in
-        // `unacked` under a tag we cannot read, so the visibility restore will bring it back.
-        tracing::error!(queue = %acker.queue, "envelope taken but unreadable here; left for the visibility restore");
+        // The entry is in `unacked` under a tag we cannot name, so the visibility restore
+        // will bring it back.
+        tracing::error!(queue = %acker.queue, "envelope taken under a tag that is not UTF-8; left for the visibility restore");
         return;
     };
     match decoded {
-        Ok(message) => {
+        Ok((message, parsed)) => {
+            if parsed.as_deref() != Some(tag.as_str()) {
+                // Only for JSON the two parsers read differently (e.g. duplicate keys): the
+                // bookkeeping is under the script's tag, so that one settles it.
+                tracing::warn!(delivery_tag = %tag, parsed = ?parsed, "envelope's delivery tag read differently here; using the recorded one");
+            }
             let delivery = Delivery::new(message, tag, Acker::Redis(acker), Some(permit));
             if let Err(mpsc::error::SendError(Ok(d))) = tx.send(Ok(delivery)).await {
                 // The consumer is gone: hand the message straight back.
