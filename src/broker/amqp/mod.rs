@@ -62,6 +62,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
+/// The largest frame asked for (RabbitMQ's default is 128 KiB).
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -145,6 +148,10 @@ impl AmqpBroker {
                 // lets a dead TCP peer be noticed without waiting for the kernel.
                 heartbeat: Some(60),
                 connection_timeout: Some(10_000),
+                // lapin sizes each connection's two I/O buffers as 32 frames of frame_max:
+                // RabbitMQ's 128 KiB would make that 8 MiB per connection; larger messages
+                // are simply split into more frames.
+                frame_max: Some(FRAME_MAX),
                 ..AMQPQueryString::default()
             },
         };
@@ -724,7 +731,7 @@ async fn run_session(
 ) -> Option<BrokerError> {
     // Each delivery keeps the name of the queue it came from (for dead letters).
     let mut streams = futures_util::stream::select_all(session.consumers.iter().map(|c| {
-        let queue = c.queue().to_string();
+        let queue: Arc<str> = c.queue().as_str().into();
         c.clone().map(move |d| (queue.clone(), d))
     }));
     loop {
@@ -842,7 +849,7 @@ pub(crate) struct AmqpAcker {
     acks: Arc<AckTracker>,
     tag: u64,
     /// The queue it was consumed from.
-    queue: String,
+    queue: Arc<str>,
     /// The consumer's prefetch window.
     window: Arc<PrefetchWindow>,
     /// A settlement was handed to the tracker.
@@ -884,7 +891,7 @@ impl AmqpAcker {
         let di = &message.delivery_info;
         for (k, v) in [
             ("x-celeriac-reason", reason),
-            ("x-celeriac-queue", self.queue.as_str()),
+            ("x-celeriac-queue", &*self.queue),
             ("x-original-exchange", di.exchange.as_str()),
             ("x-original-routing-key", di.routing_key.as_str()),
         ] {
