@@ -13,7 +13,10 @@
 //!   global QoS, it is per queue and static, as in Celery. A message held for its eta
 //!   widens the window by one ([`Delivery::release_prefetch`](super::Delivery::release_prefetch)).
 //!   Early or late ack is the worker's choice; `requeue` and `restore` are
-//!   `basic.reject(requeue=true)`.
+//!   `basic.reject(requeue=true)`. Settlements go through the channel's ack tracker
+//!   ([`acks`]): a run of acks from the lowest outstanding tag is one
+//!   `basic.ack(multiple=true)`, and one in flight holds the others back by at most a few
+//!   milliseconds.
 //! * **Publishing** (retries, results, dead letters) goes through one confirm-mode channel
 //!   on its own connection, `mandatory` set: a message is published only once RabbitMQ
 //!   confirms it; a nack or an unroutable return is an error, never a silent loss.
@@ -24,8 +27,12 @@
 //! * **Dead letters.** An undecodable message is republished unchanged to the durable queue
 //!   [`DEAD_LETTER_KEY`] with its reason in the headers, confirmed, and only then acked.
 
+mod acks;
 mod fields;
 mod prefetch;
+
+pub use acks::AckStats;
+use acks::{AckTracker, Counters, Settle};
 
 pub(crate) use prefetch::PrefetchLoan;
 use prefetch::PrefetchWindow;
@@ -40,19 +47,23 @@ use crate::protocol::RawMessage;
 use fields::short;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
+
+/// The largest frame asked for (RabbitMQ's default is 128 KiB).
+const FRAME_MAX: u32 = 16 * 1024;
 
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -137,6 +148,10 @@ impl AmqpBroker {
                 // lets a dead TCP peer be noticed without waiting for the kernel.
                 heartbeat: Some(60),
                 connection_timeout: Some(10_000),
+                // lapin sizes each connection's two I/O buffers as 32 frames of frame_max:
+                // RabbitMQ's 128 KiB would make that 8 MiB per connection; larger messages
+                // are simply split into more frames.
+                frame_max: Some(FRAME_MAX),
                 ..AMQPQueryString::default()
             },
         };
@@ -417,10 +432,22 @@ impl AmqpBroker {
         // queues, which do not support global QoS.
         let global = self.inner.opts.queue_type != QueueType::Quorum;
         let window = PrefetchWindow::new(u16::try_from(prefetch).unwrap_or(u16::MAX), global);
-        let session = Session::open(self, queues, &window).await?;
+        let counters = Arc::new(Counters::default());
+        let session = Session::open(self, queues, &window, &counters).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let fetcher = tokio::spawn(fetch(self.clone(), queues.to_vec(), window, session, tx));
-        Ok(AmqpConsumer { rx, fetcher })
+        let fetcher = tokio::spawn(fetch(
+            self.clone(),
+            queues.to_vec(),
+            window,
+            session,
+            tx,
+            counters.clone(),
+        ));
+        Ok(AmqpConsumer {
+            rx,
+            fetcher,
+            counters,
+        })
     }
 }
 
@@ -611,6 +638,8 @@ impl AmqpReplyQueue {
 struct Session {
     channel: Arc<Channel>,
     consumers: Vec<lapin::Consumer>,
+    /// Settles the deliveries of this channel, and only of this one.
+    acks: Arc<AckTracker>,
 }
 
 impl Session {
@@ -618,6 +647,7 @@ impl Session {
         broker: &AmqpBroker,
         queues: &[String],
         window: &PrefetchWindow,
+        counters: &Arc<Counters>,
     ) -> Result<Session, BrokerError> {
         let (_conn, ch) = broker.open_channel("consumer").await?;
         ch.basic_qos(window.count(), window.options())
@@ -642,7 +672,12 @@ impl Session {
         }
         let channel = Arc::new(ch);
         window.set_channel(channel.clone());
-        Ok(Session { channel, consumers })
+        let acks = Arc::new(AckTracker::new(channel.clone(), counters.clone()));
+        Ok(Session {
+            channel,
+            consumers,
+            acks,
+        })
     }
 }
 
@@ -654,6 +689,7 @@ async fn fetch(
     window: Arc<PrefetchWindow>,
     mut session: Session,
     tx: mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
+    counters: Arc<Counters>,
 ) {
     loop {
         let lost = run_session(&broker, &session, &window, &tx).await;
@@ -670,7 +706,7 @@ async fn fetch(
                 () = tx.closed() => return,
                 () = tokio::time::sleep(backoff) => {}
             }
-            match Session::open(&broker, &queues, &window).await {
+            match Session::open(&broker, &queues, &window, &counters).await {
                 Ok(s) => {
                     tracing::info!("AMQP consumer reconnected");
                     break s;
@@ -695,7 +731,7 @@ async fn run_session(
 ) -> Option<BrokerError> {
     // Each delivery keeps the name of the queue it came from (for dead letters).
     let mut streams = futures_util::stream::select_all(session.consumers.iter().map(|c| {
-        let queue = c.queue().to_string();
+        let queue: Arc<str> = c.queue().as_str().into();
         c.clone().map(move |d| (queue.clone(), d))
     }));
     loop {
@@ -712,12 +748,14 @@ async fn run_session(
                     d.routing_key.as_str(),
                     d.redelivered,
                 );
+                session.acks.delivered(d.delivery_tag);
                 let acker = AmqpAcker {
                     broker: broker.clone(),
-                    channel: session.channel.clone(),
+                    acks: session.acks.clone(),
                     tag: d.delivery_tag,
                     queue,
                     window: window.clone(),
+                    settled: AtomicBool::new(false),
                 };
                 let delivery = Delivery::new(
                     message,
@@ -754,9 +792,10 @@ async fn run_session(
     while let Ok(Some((_, Ok(d)))) =
         tokio::time::timeout(Duration::from_millis(50), streams.next()).await
     {
+        session.acks.delivered(d.delivery_tag);
         let _ = session
-            .channel
-            .basic_reject(d.delivery_tag, BasicRejectOptions { requeue: true })
+            .acks
+            .settle(d.delivery_tag, Settle::Reject { requeue: true })
             .await;
     }
     None
@@ -766,6 +805,7 @@ async fn run_session(
 pub struct AmqpConsumer {
     rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
     fetcher: JoinHandle<()>,
+    counters: Arc<Counters>,
 }
 
 impl AmqpConsumer {
@@ -773,6 +813,12 @@ impl AmqpConsumer {
     /// calling `next` again waits for the reconnected consumer.
     pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
         self.rx.recv().await.unwrap_or(Err(BrokerError::Closed))
+    }
+
+    /// How the deliveries of this consumer were settled so far: settlements and the
+    /// frames that carried them, over every connection it used.
+    pub fn ack_stats(&self) -> AckStats {
+        self.counters.snapshot()
     }
 
     /// Stop consuming and hand every buffered, not yet given out delivery back to
@@ -797,37 +843,40 @@ impl AmqpConsumer {
     }
 }
 
-/// How an AMQP delivery is settled: on the channel it arrived on.
+/// How an AMQP delivery is settled: through the tracker of the channel it arrived on.
 pub(crate) struct AmqpAcker {
     broker: AmqpBroker,
-    channel: Arc<Channel>,
+    acks: Arc<AckTracker>,
     tag: u64,
     /// The queue it was consumed from.
-    queue: String,
+    queue: Arc<str>,
     /// The consumer's prefetch window.
     window: Arc<PrefetchWindow>,
+    /// A settlement was handed to the tracker.
+    settled: AtomicBool,
 }
 
 impl AmqpAcker {
-    /// Widen the consumer's prefetch window by one until the loan is dropped.
+    /// Widen the consumer's prefetch window by one until the loan is dropped. The delivery
+    /// is held (for its eta): the tracker does not keep later acks waiting for it.
     pub(crate) fn widen_prefetch(&self) -> Option<PrefetchLoan> {
+        self.acks.park(self.tag);
         self.window.widen()
     }
 
+    fn settle(&self, how: Settle) -> impl Future<Output = Result<(), BrokerError>> + Send + use<> {
+        self.settled.store(true, Ordering::Relaxed);
+        self.acks.settle(self.tag, how)
+    }
+
     pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
-        self.channel
-            .basic_ack(self.tag, lapin::options::BasicAckOptions::default())
-            .await
-            .map_err(amqp_err("basic.ack"))
+        self.settle(Settle::Ack).await
     }
 
     /// `basic.reject(requeue=true)`: RabbitMQ puts it back (near its old place) marked
     /// redelivered.
     pub(crate) async fn requeue(&self) -> Result<(), BrokerError> {
-        self.channel
-            .basic_reject(self.tag, BasicRejectOptions { requeue: true })
-            .await
-            .map_err(amqp_err("basic.reject"))
+        self.settle(Settle::Reject { requeue: true }).await
     }
 
     /// Republish the message to [`DEAD_LETTER_KEY`] (body and properties unchanged, except
@@ -842,7 +891,7 @@ impl AmqpAcker {
         let di = &message.delivery_info;
         for (k, v) in [
             ("x-celeriac-reason", reason),
-            ("x-celeriac-queue", self.queue.as_str()),
+            ("x-celeriac-queue", &*self.queue),
             ("x-original-exchange", di.exchange.as_str()),
             ("x-original-routing-key", di.routing_key.as_str()),
         ] {
@@ -855,6 +904,15 @@ impl AmqpAcker {
         }
         self.broker.publish(&kept, "", DEAD_LETTER_KEY).await?;
         self.ack().await
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if !self.settled.load(Ordering::Relaxed) {
+            // Dropped unsettled: RabbitMQ keeps it until the channel closes; nobody waits for it.
+            self.acks.park(self.tag);
+        }
     }
 }
 
