@@ -19,9 +19,8 @@ async fn add(x: i64, y: i64) -> i64 {
 }
 
 fn amqp_url() -> String {
-    std::env::var("CELERIAC_TEST_AMQP_URL").unwrap_or_else(|_| {
-        "amqp://guest:guest@127.0.0.1:5672/celeriac-test".into()
-    })
+    std::env::var("CELERIAC_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/celeriac-test".into())
 }
 
 /// With prefetch 1 (one slot, multiplier 1): three messages with etas a minute away, then
@@ -68,7 +67,12 @@ async fn etas_do_not_block(broker: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = Instant::now();
     let now = client
-        .send_task("eta.add", vec![json!(2), json!(3)], Map::new(), &SendOptions::new())
+        .send_task(
+            "eta.add",
+            vec![json!(2), json!(3)],
+            Map::new(),
+            &SendOptions::new(),
+        )
         .await
         .unwrap();
     let meta = store

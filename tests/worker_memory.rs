@@ -667,8 +667,14 @@ async fn panicking_task_fails_and_the_next_one_runs() {
 
 fn exc_of(meta: &ResultMeta) -> (String, String, Value) {
     (
-        meta.result["exc_type"].as_str().unwrap_or_default().to_owned(),
-        meta.result["exc_module"].as_str().unwrap_or_default().to_owned(),
+        meta.result["exc_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        meta.result["exc_module"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         meta.result["exc_message"].clone(),
     )
 }
@@ -690,11 +696,19 @@ async fn hard_time_limit_fails_async_tasks_with_time_limit_exceeded() {
     assert_eq!(timed_out.status, TaskState::Failure);
     assert_eq!(
         exc_of(&timed_out),
-        ("TimeLimitExceeded".into(), "billiard.exceptions".into(), json!([0.2]))
+        (
+            "TimeLimitExceeded".into(),
+            "billiard.exceptions".into(),
+            json!([0.2])
+        )
     );
     assert_eq!(h.wait(&fast).await.result, json!(0.01));
     let by_header = h.wait(&msg.headers.id).await;
-    assert_eq!(exc_of(&by_header).2, json!([0.05]), "the header's limit wins");
+    assert_eq!(
+        exc_of(&by_header).2,
+        json!([0.05]),
+        "the header's limit wins"
+    );
     let napped = h.wait(&napping).await;
     assert_eq!(
         (napped.status, napped.result.clone()),
@@ -703,7 +717,10 @@ async fn hard_time_limit_fails_async_tasks_with_time_limit_exceeded() {
     );
     h.shutdown().await;
 
-    let h = start("worker-limit", |c| c.time_limit = Some(Duration::from_millis(100))).await;
+    let h = start("worker-limit", |c| {
+        c.time_limit = Some(Duration::from_millis(100))
+    })
+    .await;
     let napping = h.send("wm.nap", json!([5.0])).await;
     assert_eq!(exc_of(&h.wait(&napping).await).2, json!([0.1]));
     h.shutdown().await;
@@ -713,14 +730,22 @@ async fn hard_time_limit_fails_async_tasks_with_time_limit_exceeded() {
 async fn hard_time_limit_frees_the_slot_of_a_blocking_task() {
     // One slot: the next task can only run once the timed-out one gave its slot back.
     let h = start("blocking-limit", |c| c.prefetch_multiplier = 2).await;
-    let blocked = h.send("wm.blocking_limited", json!(["blocking-limit-thread"])).await;
+    let blocked = h
+        .send("wm.blocking_limited", json!(["blocking-limit-thread"]))
+        .await;
     let next = h.send("wm.record", json!(["blocking-limit-next"])).await;
     assert_eq!(exc_of(&h.wait(&blocked).await).0, "TimeLimitExceeded");
     assert_eq!(h.wait(&next).await.status, TaskState::Success);
     // The blocking thread could not be stopped: it was still sleeping when the next task
     // ran, and finishes on its own later (its outcome is dropped).
-    assert!(!ran("blocking-limit-thread"), "the next task waited for the thread");
-    eventually("the abandoned thread finishes", || ran("blocking-limit-thread")).await;
+    assert!(
+        !ran("blocking-limit-thread"),
+        "the next task waited for the thread"
+    );
+    eventually("the abandoned thread finishes", || {
+        ran("blocking-limit-thread")
+    })
+    .await;
     assert_eq!(
         exc_of(&h.results.get(&blocked).unwrap()).0,
         "TimeLimitExceeded",
@@ -736,7 +761,11 @@ async fn soft_time_limit_is_visible_to_the_task() {
     let meta = h.wait(&id).await;
     assert_eq!(
         exc_of(&meta),
-        ("SoftTimeLimitExceeded".into(), "billiard.exceptions".into(), json!([]))
+        (
+            "SoftTimeLimitExceeded".into(),
+            "billiard.exceptions".into(),
+            json!([])
+        )
     );
     h.shutdown().await;
 }
@@ -770,9 +799,17 @@ async fn autoretry_for_retries_then_stores_the_original_error() {
     let meta = h.wait(&id).await;
     assert_eq!(
         exc_of(&meta),
-        ("ConnectionError".into(), "builtins".into(), json!(["the peer went away"]))
+        (
+            "ConnectionError".into(),
+            "builtins".into(),
+            json!(["the peer went away"])
+        )
     );
-    assert_eq!(AUTORETRY_CALLS.load(Ordering::SeqCst), 3, "the call and two retries");
+    assert_eq!(
+        AUTORETRY_CALLS.load(Ordering::SeqCst),
+        3,
+        "the call and two retries"
+    );
 
     // An error not listed fails at once.
     let id = h.send("wm.no_autoretry", json!([])).await;
@@ -794,7 +831,11 @@ async fn retry_backoff_delays_the_automatic_retry() {
     let meta = h.wait(&id).await;
     assert_eq!((meta.status, meta.result), (TaskState::Success, json!(1)));
     // factor 1 s * 2 ** 0, no jitter: the retry ran no earlier than a second later.
-    assert!(sent.elapsed() >= Duration::from_millis(950), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        sent.elapsed()
+    );
     h.shutdown().await;
 }
 
@@ -812,9 +853,16 @@ async fn a_task_can_reject_its_message_with_or_without_requeue() {
     let meta = h.wait(&id).await;
     assert_eq!(
         exc_of(&meta),
-        ("Reject".into(), "celery.exceptions".into(), json!(["never", false]))
+        (
+            "Reject".into(),
+            "celery.exceptions".into(),
+            json!(["never", false])
+        )
     );
-    eventually("the dropped message is settled", || h.mem.unacked_len() == 0).await;
+    eventually("the dropped message is settled", || {
+        h.mem.unacked_len() == 0
+    })
+    .await;
     assert_eq!(h.mem.queue_len("celery"), 0, "dropped, not requeued");
     h.shutdown().await;
 }
@@ -839,7 +887,11 @@ async fn revoked_ids_are_not_run_and_survive_a_restart_through_the_state_file() 
     assert_eq!(meta.status, TaskState::Revoked);
     assert_eq!(
         exc_of(&meta),
-        ("TaskRevokedError".into(), "celery.exceptions".into(), json!(["revoked"]))
+        (
+            "TaskRevokedError".into(),
+            "celery.exceptions".into(),
+            json!(["revoked"])
+        )
     );
     let later = message("wm.record", json!(["revoked-after-restart"]));
     h.revoked.revoke([later.headers.id.clone()]).unwrap();
@@ -884,7 +936,11 @@ async fn task_options_ignore_result_and_track_started() {
     let after = h.send("wm.record", json!(["task-options-after"])).await;
     assert_eq!(h.wait(&after).await.status, TaskState::Success);
     assert!(ran("task-options-quiet"));
-    assert_eq!(h.results.get(&quiet), None, "ignore_result = true stores nothing");
+    assert_eq!(
+        h.results.get(&quiet),
+        None,
+        "ignore_result = true stores nothing"
+    );
     // The message's header wins: `ignore_result: false` (what `apply_async` of a task
     // that does not ignore results sends) stores it after all.
     let mut msg = message("wm.quiet", json!(["task-options-loud"]));

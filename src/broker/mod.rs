@@ -626,21 +626,85 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        match self.acker.take() {
-            None => {}
-            Some(Acker::Amqp(_)) => tracing::warn!(
-                delivery_tag = %self.tag,
-                "delivery dropped without ack: RabbitMQ redelivers it when the channel closes"
-            ),
-            Some(Acker::Redis(_)) => tracing::warn!(
-                delivery_tag = %self.tag,
-                "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"
-            ),
-            Some(Acker::Memory(a)) => {
-                tracing::warn!(delivery_tag = %self.tag, "delivery dropped without ack: restored to its queue");
-                a.restore(&self.tag, false);
-            }
+        dropped_unsettled(&self.tag, self.acker.take());
+    }
+}
+
+/// What dropping an unsettled delivery does: a warning, and the memory broker's restore.
+fn dropped_unsettled(tag: &str, acker: Option<Acker>) {
+    match acker {
+        None => {}
+        Some(Acker::Amqp(_)) => tracing::warn!(
+            delivery_tag = %tag,
+            "delivery dropped without ack: RabbitMQ redelivers it when the channel closes"
+        ),
+        Some(Acker::Redis(_)) => tracing::warn!(
+            delivery_tag = %tag,
+            "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"
+        ),
+        Some(Acker::Memory(a)) => {
+            tracing::warn!(delivery_tag = %tag, "delivery dropped without ack: restored to its queue");
+            a.restore(tag, false);
         }
+    }
+}
+
+impl Delivery {
+    /// Set the delivery aside while its message waits (for an eta, a rate limit or a free
+    /// concurrency slot): the message is handed to the caller, to be kept in whatever form
+    /// it likes, and the [`ParkedDelivery`] keeps only what settles it (its acker, delivery
+    /// tag and prefetch accounting). [`ParkedDelivery::unpark`] puts the two back together.
+    pub fn park(mut self) -> (RawMessage, ParkedDelivery) {
+        let message = std::mem::take(&mut self.message);
+        let parked = ParkedDelivery {
+            tag: std::mem::take(&mut self.tag).into_boxed_str(),
+            acker: self.acker.take(),
+            _permit: self._permit.take(),
+            _widened: self._widened.take(),
+        };
+        (message, parked)
+    }
+}
+
+/// A [`Delivery`] without its message: what a worker keeps for each message it holds, so
+/// that holding many costs little. Dropped without being unparked and settled, it behaves
+/// as a dropped [`Delivery`] does (nothing is lost; a warning is logged).
+pub struct ParkedDelivery {
+    tag: Box<str>,
+    acker: Option<Acker>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _widened: Option<amqp::PrefetchLoan>,
+}
+
+impl ParkedDelivery {
+    /// The delivery again, with `message` (the one [`Delivery::park`] handed out).
+    pub fn unpark(mut self, message: RawMessage) -> Delivery {
+        Delivery {
+            message,
+            tag: std::mem::take(&mut self.tag).into_string(),
+            acker: self.acker.take(),
+            _permit: self._permit.take(),
+            _widened: self._widened.take(),
+        }
+    }
+
+    /// The broker's delivery tag.
+    pub fn delivery_tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+impl std::fmt::Debug for ParkedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedDelivery")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ParkedDelivery {
+    fn drop(&mut self) {
+        dropped_unsettled(&self.tag, self.acker.take());
     }
 }
 
