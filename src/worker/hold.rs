@@ -645,3 +645,17 @@ mod tests {
         assert!(pack(&msg).len() < json, "{} >= {json}", pack(&msg).len());
     }
 }
+#[cfg(test)]
+mod sizes {
+    #[test]
+    fn print_sizes() {
+        println!(
+            "Held {} Timer {} Parked {} Delivery {} RawMessage {}",
+            size_of::<super::Held>(),
+            size_of::<super::Timer>(),
+            size_of::<crate::broker::ParkedDelivery>(),
+            size_of::<crate::broker::Delivery>(),
+            size_of::<crate::protocol::RawMessage>()
+        );
+    }
+}
