@@ -12,7 +12,7 @@
 //! worker takes the front one and runs it through the pipeline again from the top, so
 //! expiry and revocation are checked at run time, as Celery's `execute_using_pool` does.
 
-use crate::broker::{Delivery, ParkedDelivery};
+use crate::broker::{Delivery, ParkedDelivery, canonical_uuid};
 use crate::protocol::{DeliveryInfo, RawMessage};
 use serde_json::{Map, Number, Value};
 use std::cmp::Ordering;
@@ -21,30 +21,39 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// One held message: the raw message packed, the delivery parked.
-pub(crate) struct Held {
+/// One held message: the raw message packed, the delivery parked. Boxed, so that the
+/// timer heap and the ready queue (which grow by doubling) hold a pointer per message.
+pub(crate) struct Held(Box<Inner>);
+
+struct Inner {
     packed: Box<[u8]>,
     parked: ParkedDelivery,
-    /// It has passed the rate-limit step (its start was reserved and has come, or the task
-    /// has no limit): the pipeline does not reserve another start for it.
-    pub rated: bool,
+    /// See [`Held::rated`].
+    rated: bool,
 }
 
 impl Held {
     /// Park `delivery` and pack its message.
     pub fn new(delivery: Delivery, rated: bool) -> Held {
         let (message, parked) = delivery.park();
-        Held {
+        Held(Box::new(Inner {
             packed: pack(&message),
             parked,
             rated,
-        }
+        }))
+    }
+
+    /// It has passed the rate-limit step (its start was reserved and has come, or the task
+    /// has no limit): the pipeline does not reserve another start for it.
+    pub fn rated(&self) -> bool {
+        self.0.rated
     }
 
     /// The delivery again, its message unpacked.
     pub fn into_delivery(self) -> Delivery {
-        let message = unpack(&self.packed).expect("a buffer made by `pack` unpacks");
-        self.parked.unpark(message)
+        let Inner { packed, parked, .. } = *self.0;
+        let message = unpack(&packed).expect("a buffer made by `pack` unpacks");
+        parked.unpark(message)
     }
 }
 
@@ -338,14 +347,23 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// A common string as its index, any other as `COMMON.len() + length` and its bytes.
+/// After the common strings' indexes: a lowercase hyphenated UUID (task ids, correlation
+/// ids, reply queues) as its 16 bytes.
+const UUID: usize = COMMON.len();
+/// After that: `LITERAL + length`, then the string's bytes.
+const LITERAL: usize = UUID + 1;
+
+/// A common string as its index, a UUID as its 16 bytes, any other as `LITERAL + length`
+/// and its bytes.
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    match COMMON.iter().position(|c| *c == s) {
-        Some(i) => put_len(out, i),
-        None => {
-            put_len(out, COMMON.len() + s.len());
-            out.extend_from_slice(s.as_bytes());
-        }
+    if let Some(i) = COMMON.iter().position(|c| *c == s) {
+        put_len(out, i);
+    } else if let Some(uuid) = canonical_uuid(s) {
+        put_len(out, UUID);
+        out.extend_from_slice(uuid.as_bytes());
+    } else {
+        put_len(out, LITERAL + s.len());
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -434,13 +452,16 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Option<String> {
         let n = self.len()?;
-        match COMMON.get(n) {
-            Some(s) => Some((*s).to_owned()),
-            None => {
-                let b = self.take(n - COMMON.len())?;
-                String::from_utf8(b.to_vec()).ok()
-            }
+        if let Some(s) = COMMON.get(n) {
+            return Some((*s).to_owned());
         }
+        if n == UUID {
+            let b = self.take(16)?;
+            let uuid = uuid::Uuid::from_slice(b).ok()?;
+            return Some(uuid.hyphenated().to_string());
+        }
+        let b = self.take(n - LITERAL)?;
+        String::from_utf8(b.to_vec()).ok()
     }
 
     fn object(&mut self) -> Option<Map<String, Value>> {
@@ -563,7 +584,7 @@ mod tests {
         // A slot is free but two wait for one: a newcomer does not jump the line.
         assert!(hold.try_slot().is_none());
         let (held, slot) = hold.next().await;
-        assert!(held.rated);
+        assert!(held.rated());
         assert_eq!(body(held), "0");
         drop(slot);
         hold.until(
@@ -598,7 +619,9 @@ mod tests {
             "lang": "py", "task": "tasks.add", "id": "0e4f0b8c-0000-4000-8000-000000000001",
             "eta": "2026-01-01T00:00:00+00:00", "retries": 0, "timelimit": [null, 2.5],
             "group_index": -1, "big": u64::MAX, "small": i64::MIN, "tiny": 1e-300,
-            "stamps": {}, "stamped_headers": [], "é": "ünïcode", "nested": [[{"a": [true, false]}]],
+            "stamps": {}, "stamped_headers": [], "é": "ünïcode",
+            "upper": "0E4F0B8C-0000-4000-8000-000000000001", "braced": "{0e4f0b8c-0000-4000-8000-000000000001}",
+            "simple": "0e4f0b8c000040008000000000000001", "nested": [[{"a": [true, false]}]],
         });
         msg.headers = headers.as_object().unwrap().clone();
         msg.properties = json!({"correlation_id": "x", "reply_to": "r", "priority": 0})
@@ -643,19 +666,5 @@ mod tests {
             + serde_json::to_vec(&msg.properties).unwrap().len()
             + msg.body.len();
         assert!(pack(&msg).len() < json, "{} >= {json}", pack(&msg).len());
-    }
-}
-#[cfg(test)]
-mod sizes {
-    #[test]
-    fn print_sizes() {
-        println!(
-            "Held {} Timer {} Parked {} Delivery {} RawMessage {}",
-            size_of::<super::Held>(),
-            size_of::<super::Timer>(),
-            size_of::<crate::broker::ParkedDelivery>(),
-            size_of::<crate::broker::Delivery>(),
-            size_of::<crate::protocol::RawMessage>()
-        );
     }
 }

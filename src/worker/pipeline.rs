@@ -72,7 +72,7 @@ pub(crate) struct Turn {
 
 /// Run a held message whose turn has come through the pipeline again, in `slot`.
 pub(crate) async fn resume(shared: Arc<Shared>, held: Held, slot: OwnedSemaphorePermit) {
-    let rated = held.rated;
+    let rated = held.rated();
     let delivery = held.into_delivery();
     let turn = Turn {
         slot: Some(slot),
