@@ -14,10 +14,12 @@
 
 use crate::broker::{Delivery, ParkedDelivery, canonical_uuid};
 use crate::protocol::{DeliveryInfo, RawMessage};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -83,12 +85,40 @@ impl Ord for Timer {
     }
 }
 
-#[derive(Default)]
 struct State {
     timers: BinaryHeap<Timer>,
     ready: VecDeque<Held>,
     seq: u64,
     closed: bool,
+    /// The wall clock and the monotonic clock read together: etas (wall clock) become
+    /// timer instants by this one offset, so that messages keep their eta order exactly.
+    /// (Reading both clocks for each message would not: a thread preempted between the two
+    /// reads gets a later instant than a message with the same eta.)
+    clocks: (DateTime<Utc>, Instant),
+}
+
+/// How far the two clocks may move apart before they are read together again (the wall
+/// clock was set).
+const CLOCK_STEP: Duration = Duration::from_millis(20);
+
+/// The wall clock and the monotonic clock at one moment: the monotonic clock read on both
+/// sides of the wall clock, a few times if a read was interrupted.
+fn read_clocks() -> (DateTime<Utc>, Instant) {
+    let mut best: Option<(Duration, DateTime<Utc>, Instant)> = None;
+    for _ in 0..3 {
+        let before = Instant::now();
+        let wall = Utc::now();
+        let after = Instant::now();
+        let gap = after - before;
+        if best.as_ref().is_none_or(|b| gap < b.0) {
+            best = Some((gap, wall, before + gap / 2));
+        }
+        if gap < Duration::from_micros(50) {
+            break;
+        }
+    }
+    let (_, wall, mono) = best.expect("read at least once");
+    (wall, mono)
 }
 
 impl State {
@@ -113,7 +143,13 @@ impl Hold {
     /// An empty hold handing out `slots`.
     pub fn new(slots: Arc<Semaphore>) -> Hold {
         Hold {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                timers: BinaryHeap::new(),
+                ready: VecDeque::new(),
+                seq: 0,
+                closed: false,
+                clocks: read_clocks(),
+            }),
             changed: Notify::new(),
             slots,
         }
@@ -121,6 +157,27 @@ impl Hold {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The instant at which the wall clock shows `eta`, by the clocks read together (again,
+    /// when they moved apart: the wall clock was set).
+    pub fn due(&self, eta: DateTime<Utc>) -> Instant {
+        let mut st = self.lock();
+        let (wall, mono) = (Utc::now(), Instant::now());
+        let (w0, i0) = st.clocks;
+        let apart = (wall - w0) - chrono::TimeDelta::from_std(mono - i0).unwrap_or_default();
+        if apart.abs().to_std().unwrap_or_default() > CLOCK_STEP {
+            st.clocks = read_clocks();
+        }
+        let (w0, i0) = st.clocks;
+        match (eta - w0).to_std() {
+            Ok(ahead) => i0 + ahead,
+            Err(_) => (w0 - eta)
+                .to_std()
+                .ok()
+                .and_then(|behind| i0.checked_sub(behind))
+                .unwrap_or(i0),
+        }
     }
 
     /// Hold `held` until `due`. After [`Hold::close`] it is handed back instead.
@@ -508,7 +565,6 @@ mod tests {
     use super::*;
     use crate::broker::MemoryBroker;
     use serde_json::json;
-    use std::time::Duration;
 
     /// `n` deliveries from a fresh memory broker, their bodies `"0"`, `"1"`, ...
     async fn deliveries(name: &str, n: usize) -> (MemoryBroker, Vec<Delivery>) {
@@ -533,6 +589,24 @@ mod tests {
         let b = String::from_utf8(d.message.body.clone()).unwrap();
         drop(d); // memory: restored to its queue
         b
+    }
+
+    #[test]
+    fn equal_etas_get_equal_instants_and_eta_order_is_kept() {
+        let hold = Hold::new(Arc::new(Semaphore::new(1)));
+        let eta = Utc::now() + chrono::Duration::seconds(5);
+        let first = hold.due(eta);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(hold.due(eta), first, "the same eta, the same instant");
+        let later = hold.due(eta + chrono::Duration::microseconds(1));
+        assert_eq!(later - first, Duration::from_micros(1));
+        let left = first - Instant::now();
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+            "{left:?}"
+        );
+        let past = hold.due(Utc::now() - chrono::Duration::seconds(1));
+        assert!(past <= Instant::now());
     }
 
     #[tokio::test(start_paused = true)]

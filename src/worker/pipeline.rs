@@ -115,12 +115,10 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
 
     // 4. eta, then the task's rate limit: a message whose time has not come is held (see
     // `hold`), and runs through this pipeline again from the top when it has.
-    if let Some(wait) = msg
-        .headers
-        .eta
-        .and_then(|eta| (eta - Utc::now()).to_std().ok())
-        .filter(|wait| !wait.is_zero())
-    {
+    if let Some((eta, wait)) = msg.headers.eta.and_then(|eta| {
+        let wait = (eta - Utc::now()).to_std().ok()?;
+        (!wait.is_zero()).then_some((eta, wait))
+    }) {
         // Held for its eta: it must not count against the prefetch limit meanwhile, or
         // enough far-off etas would stop the worker from taking any other message.
         delivery.release_prefetch();
@@ -132,7 +130,11 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
                 "the eta lies beyond the Redis visibility timeout: the message will be restored to its queue and may run twice (raise visibility_timeout above the longest eta)"
             );
         }
-        let due = Instant::now() + wait;
+        // Back from the hold a little early (the wall clock was set back): wait the rest.
+        let due = match turn.slot {
+            Some(_) => Instant::now() + wait,
+            None => shared.hold.due(eta),
+        };
         hold_or_restore(shared.hold.until(due, Held::new(delivery, false))).await;
         return;
     }
