@@ -626,20 +626,129 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        match self.acker.take() {
-            None => {}
-            Some(Acker::Amqp(_)) => tracing::warn!(
-                delivery_tag = %self.tag,
-                "delivery dropped without ack: RabbitMQ redelivers it when the channel closes"
-            ),
-            Some(Acker::Redis(_)) => tracing::warn!(
-                delivery_tag = %self.tag,
-                "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"
-            ),
-            Some(Acker::Memory(a)) => {
-                tracing::warn!(delivery_tag = %self.tag, "delivery dropped without ack: restored to its queue");
-                a.restore(&self.tag, false);
-            }
+        dropped_unsettled(&self.tag, self.acker.take());
+    }
+}
+
+/// What dropping an unsettled delivery does: a warning, and the memory broker's restore.
+fn dropped_unsettled(tag: &str, acker: Option<Acker>) {
+    match acker {
+        None => {}
+        Some(Acker::Amqp(_)) => tracing::warn!(
+            delivery_tag = %tag,
+            "delivery dropped without ack: RabbitMQ redelivers it when the channel closes"
+        ),
+        Some(Acker::Redis(_)) => tracing::warn!(
+            delivery_tag = %tag,
+            "delivery dropped without ack: it stays in `unacked` until the visibility timeout restores it"
+        ),
+        Some(Acker::Memory(a)) => {
+            tracing::warn!(delivery_tag = %tag, "delivery dropped without ack: restored to its queue");
+            a.restore(tag, false);
+        }
+    }
+}
+
+impl Delivery {
+    /// Set the delivery aside while its message waits (for an eta, a rate limit or a free
+    /// concurrency slot): the message is handed to the caller, to be kept in whatever form
+    /// it likes, and the [`ParkedDelivery`] keeps only what settles it (its acker, delivery
+    /// tag and prefetch accounting). [`ParkedDelivery::unpark`] puts the two back together.
+    pub fn park(mut self) -> (RawMessage, ParkedDelivery) {
+        let message = std::mem::take(&mut self.message);
+        let parked = ParkedDelivery {
+            tag: ParkedTag::new(std::mem::take(&mut self.tag)),
+            acker: self.acker.take(),
+            _permit: self._permit.take(),
+            _widened: self._widened.take(),
+        };
+        (message, parked)
+    }
+}
+
+/// A [`Delivery`] without its message: what a worker keeps for each message it holds, so
+/// that holding many costs little. Dropped without being unparked and settled, it behaves
+/// as a dropped [`Delivery`] does (nothing is lost; a warning is logged).
+pub struct ParkedDelivery {
+    tag: ParkedTag,
+    acker: Option<Acker>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _widened: Option<amqp::PrefetchLoan>,
+}
+
+impl ParkedDelivery {
+    /// The delivery again, with `message` (the one [`Delivery::park`] handed out).
+    pub fn unpark(mut self, message: RawMessage) -> Delivery {
+        Delivery {
+            message,
+            tag: std::mem::replace(&mut self.tag, ParkedTag::Other(Box::default())).into_string(),
+            acker: self.acker.take(),
+            _permit: self._permit.take(),
+            _widened: self._widened.take(),
+        }
+    }
+
+    /// The broker's delivery tag.
+    pub fn delivery_tag(&self) -> String {
+        self.tag.to_string()
+    }
+}
+
+/// A parked delivery's tag, kept small: Redis tags are UUIDs (16 bytes, not a 36-byte
+/// string on the heap).
+enum ParkedTag {
+    Uuid(uuid::Uuid),
+    Other(Box<str>),
+}
+
+impl ParkedTag {
+    fn new(tag: String) -> ParkedTag {
+        match canonical_uuid(&tag) {
+            Some(uuid) => ParkedTag::Uuid(uuid),
+            None => ParkedTag::Other(tag.into_boxed_str()),
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            ParkedTag::Uuid(uuid) => uuid.hyphenated().to_string(),
+            ParkedTag::Other(tag) => tag.into_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ParkedTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParkedTag::Uuid(uuid) => uuid.hyphenated().fmt(f),
+            ParkedTag::Other(tag) => f.write_str(tag),
+        }
+    }
+}
+
+/// `s` as a UUID when it is written exactly as [`uuid::Uuid`] writes one back (lowercase,
+/// hyphenated), so that nothing changes on the way back to a string.
+pub(crate) fn canonical_uuid(s: &str) -> Option<uuid::Uuid> {
+    if s.len() != uuid::fmt::Hyphenated::LENGTH {
+        return None;
+    }
+    let uuid = uuid::Uuid::try_parse(s).ok()?;
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    (uuid.hyphenated().encode_lower(&mut buf) == s).then_some(uuid)
+}
+
+impl std::fmt::Debug for ParkedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedDelivery")
+            .field("tag", &self.tag.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ParkedDelivery {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            dropped_unsettled(&self.tag.to_string(), Some(acker));
         }
     }
 }
@@ -864,6 +973,25 @@ mod tests {
         let mut v = json!({"properties": {"delivery_info": {}}});
         mark_redelivered(&mut v);
         assert_eq!(v, json!({"properties": {"delivery_info": {}}}));
+    }
+
+    #[test]
+    fn only_canonical_uuids_are_kept_as_uuids() {
+        let id = "0e4f0b8c-0000-4000-8000-00000000000a";
+        assert!(canonical_uuid(id).is_some());
+        for other in [
+            "0E4F0B8C-0000-4000-8000-00000000000A",
+            "0e4f0b8c000040008000000000000000",
+            "{0e4f0b8c-0000-4000-8000-00000000000a}",
+            "1",
+            "",
+        ] {
+            assert!(canonical_uuid(other).is_none(), "{other}");
+        }
+        for tag in [id, "0E4F0B8C-0000-4000-8000-00000000000A", "42"] {
+            assert_eq!(ParkedTag::new(tag.to_string()).into_string(), tag);
+            assert_eq!(ParkedTag::new(tag.to_string()).to_string(), tag);
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! ```
 
 mod errbacks;
+mod hold;
 mod pipeline;
 mod rate;
 mod revoked;
@@ -213,7 +214,6 @@ impl Worker {
             broker: self.broker.clone(),
             backend: self.backend.clone(),
             registry: self.registry.clone(),
-            slots: Arc::new(Semaphore::new(c.concurrency.max(1))),
             hostname: c.hostname.clone(),
             acks_late: c.acks_late,
             track_started: c.track_started,
@@ -221,7 +221,7 @@ impl Worker {
             result_extended: c.result_extended,
             revoked: self.revoked.clone(),
             rate_limits: rate::RateLimits::default(),
-            stop: tokio::sync::watch::channel(false).0,
+            hold: hold::Hold::new(Arc::new(Semaphore::new(c.concurrency.max(1)))),
         });
         tracing::info!(hostname = %c.hostname, queues = ?c.queues, "worker ready");
 
@@ -232,12 +232,21 @@ impl Worker {
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // Held messages whose turn has come go first: they were taken earlier.
+                (held, slot) = shared.hold.next() => {
+                    running.spawn(pipeline::resume(shared.clone(), held, slot));
+                    continue;
+                }
                 next = consumer.next() => next,
             };
             match next {
                 Ok(delivery) => {
                     backoff = Duration::from_millis(100);
-                    running.spawn(pipeline::process(shared.clone(), delivery));
+                    running.spawn(pipeline::process(
+                        shared.clone(),
+                        delivery,
+                        pipeline::Turn::default(),
+                    ));
                 }
                 Err(err) if err.is_connection_error() => {
                     tracing::warn!(error = %err, retry_in = ?backoff, "broker connection lost");
@@ -249,6 +258,7 @@ impl Worker {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "consumer failed");
+                    restore(shared.hold.close()).await;
                     drain(&mut running).await;
                     return Err(err.into());
                 }
@@ -262,15 +272,45 @@ impl Worker {
             running = running.len(),
             "shutting down: no new messages; finishing running tasks"
         );
-        // Hand back what was fetched but not given to a task. Tasks waiting for a slot or an
-        // eta still own their deliveries: `pipeline` restores those when told to stop.
-        shared.stopping();
+        // Hand back what was fetched but not given to a task, then what waits for its eta,
+        // its rate-limit turn or a slot (a pipeline that would hold a message from now on
+        // hands it back itself). Restored last, the held ones end up first in the queue.
+        let held = shared.hold.close();
         if let Err(err) = consumer.close().await {
             tracing::error!(error = %err, "could not hand back reserved messages");
         }
+        restore(held).await;
         drain(&mut running).await;
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Hand held messages back to the broker, the last first (a restore puts a message at the
+/// front of its queue), a few at a time.
+async fn restore(held: Vec<hold::Held>) {
+    const AT_ONCE: usize = 64;
+    let count = held.len();
+    let mut restoring = JoinSet::new();
+    for held in held.into_iter().rev() {
+        if restoring.len() >= AT_ONCE {
+            drain_one(&mut restoring).await;
+        }
+        restoring.spawn(async move {
+            if let Err(err) = held.into_delivery().restore().await {
+                tracing::error!(error = %err, "could not hand back a held message");
+            }
+        });
+    }
+    drain(&mut restoring).await;
+    if count > 0 {
+        tracing::info!(count, "held messages handed back");
+    }
+}
+
+async fn drain_one(running: &mut JoinSet<()>) {
+    if let Some(done) = running.join_next().await {
+        report(done);
     }
 }
 

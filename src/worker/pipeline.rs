@@ -1,14 +1,17 @@
-//! The life of one message inside the worker, top to bottom, once:
+//! The life of one message inside the worker, top to bottom:
 //!
 //! 1. `protocol::decode`: a message that cannot be read is dead-lettered, never dropped;
 //! 2. registry lookup: an unknown name stores FAILURE `NotRegistered` and acks;
 //! 3. expired (`expires` in the past) or revoked (its id in the revoked set): REVOKED is
 //!    stored, the errbacks sent (`errbacks`) and the message acked;
-//! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
-//!    concurrency slot);
-//! 5. take a concurrency slot, then check 3 again (it may have expired or been revoked
-//!    while it waited); early ack (Celery's default) unless acks-late (a failed
-//!    early ack leaves the message to the broker, which delivers it again: it is not run);
+//! 4. eta, then the task's rate limit: a message whose time has not come is held (`hold`:
+//!    packed, its delivery parked, on one timer heap), not a concurrency slot;
+//! 5. a concurrency slot: a message that finds none free waits in line for one (`hold`'s
+//!    ready queue). A held message whose turn has come runs through this pipeline again
+//!    from the top, with its slot, so 3 is checked again at run time (it may have expired
+//!    or been revoked while it waited). Then the early ack (Celery's default) unless
+//!    acks-late (a failed early ack leaves the message to the broker, which delivers it
+//!    again: it is not run);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
@@ -17,6 +20,7 @@
 //! 8. late ack (or, as Celery's `acks_on_failure_or_timeout` and `reject_on_worker_lost`
 //!    say, a requeue).
 
+use super::hold::{Held, Hold};
 use super::rate::RateLimits;
 use super::revoked::RevokedIds;
 use crate::backend::{AnyBackend, ReplyTo};
@@ -29,15 +33,14 @@ use crate::task::{self, Invocation, Request, TaskError, TaskErrorKind};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 /// What every pipeline run shares.
 pub(crate) struct Shared {
     pub broker: AnyBroker,
     pub backend: AnyBackend,
     pub registry: Arc<Registry>,
-    /// One permit per concurrency slot.
-    pub slots: Arc<Semaphore>,
     pub hostname: String,
     pub acks_late: bool,
     pub track_started: bool,
@@ -46,19 +49,40 @@ pub(crate) struct Shared {
     pub result_extended: bool,
     pub revoked: RevokedIds,
     pub rate_limits: RateLimits,
-    /// Flips to `true` when the worker stops taking new work.
-    pub stop: watch::Sender<bool>,
+    /// Messages waiting for their eta, their rate-limit turn or a slot.
+    pub hold: Hold,
 }
 
-impl Shared {
-    /// Tell waiting pipelines (eta, no free slot) to hand their messages back.
-    pub fn stopping(&self) {
-        self.stop.send_replace(true);
+/// A message the hold would not take (the worker is stopping) goes back to the broker.
+async fn hold_or_restore(held: Result<(), Held>) {
+    if let Err(held) = held {
+        settle(held.into_delivery().restore().await);
     }
 }
 
+/// How far a delivery got before: a held message runs through the pipeline again from the
+/// top when its turn comes, with a concurrency slot, and its rate-limit turn already taken.
+#[derive(Default)]
+pub(crate) struct Turn {
+    /// The slot it runs in (it waited for one).
+    pub slot: Option<OwnedSemaphorePermit>,
+    /// Its rate-limit turn has come, or its task has no limit.
+    pub rated: bool,
+}
+
+/// Run a held message whose turn has come through the pipeline again, in `slot`.
+pub(crate) async fn resume(shared: Arc<Shared>, held: Held, slot: OwnedSemaphorePermit) {
+    let rated = held.rated();
+    let delivery = held.into_delivery();
+    let turn = Turn {
+        slot: Some(slot),
+        rated,
+    };
+    process(shared, delivery, turn).await;
+}
+
 /// Run one delivery through the pipeline. Never fails: every outcome is stored or logged.
-pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
+pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: Turn) {
     // 1. decode
     let msg = match protocol::decode(&delivery.message) {
         Ok(msg) => msg,
@@ -89,13 +113,12 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
         return;
     }
 
-    // 4. eta, and 5. a concurrency slot: wait for both without losing the message on shutdown.
-    let mut stop = shared.stop.subscribe();
-    if let Some(wait) = msg
-        .headers
-        .eta
-        .and_then(|eta| (eta - Utc::now()).to_std().ok())
-    {
+    // 4. eta, then the task's rate limit: a message whose time has not come is held (see
+    // `hold`), and runs through this pipeline again from the top when it has.
+    if let Some((eta, wait)) = msg.headers.eta.and_then(|eta| {
+        let wait = (eta - Utc::now()).to_std().ok()?;
+        (!wait.is_zero()).then_some((eta, wait))
+    }) {
         // Held for its eta: it must not count against the prefetch limit meanwhile, or
         // enough far-off etas would stop the worker from taking any other message.
         delivery.release_prefetch();
@@ -107,35 +130,31 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery) {
                 "the eta lies beyond the Redis visibility timeout: the message will be restored to its queue and may run twice (raise visibility_timeout above the longest eta)"
             );
         }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
-        }
-    }
-    if let Some(limit) = entry.options.rate_limit
-        && let Some(at) = shared.rate_limits.reserve(&name, limit)
-    {
-        tokio::select! {
-            () = tokio::time::sleep_until(at) => {}
-            () = stopped(&mut stop) => {
-                shared.rate_limits.release(&name, limit, at);
-                settle(delivery.restore().await);
-                return;
-            }
-        }
-    }
-    let slot = tokio::select! {
-        slot = shared.slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
-        () = stopped(&mut stop) => { settle(delivery.restore().await); return; }
-    };
-    // Checked again now that it is to run, as Celery's `execute_using_pool` does: it may
-    // have expired, or been revoked, while it waited for its eta, its rate or a slot.
-    if let Some(reason) = discarded(&shared, &msg) {
-        drop(slot);
-        discard(&shared, &msg, reason).await;
-        settle(delivery.ack().await);
+        // Back from the hold a little early (the wall clock was set back): wait the rest.
+        let due = match turn.slot {
+            Some(_) => Instant::now() + wait,
+            None => shared.hold.due(eta),
+        };
+        hold_or_restore(shared.hold.until(due, Held::new(delivery, false))).await;
         return;
     }
+    if !turn.rated
+        && let Some(limit) = entry.options.rate_limit
+        && let Some(at) = shared.rate_limits.reserve(&name, limit)
+        && at > Instant::now()
+    {
+        if let Err(held) = shared.hold.until(at, Held::new(delivery, true)) {
+            shared.rate_limits.release(&name, limit, at);
+            settle(held.into_delivery().restore().await);
+        }
+        return;
+    }
+
+    // 5. a concurrency slot: the one it was handed, a free one, or a wait in line for one.
+    let Some(slot) = turn.slot.or_else(|| shared.hold.try_slot()) else {
+        hold_or_restore(shared.hold.ready(Held::new(delivery, true))).await;
+        return;
+    };
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
     let late = if acks_late {
@@ -505,12 +524,6 @@ fn ignores_result(msg: &TaskMessage, entry: Option<&TaskEntry>) -> bool {
         .ignore_result
         .or_else(|| entry.and_then(|e| e.options.ignore_result))
         .unwrap_or(false)
-}
-
-/// Completes once the worker stops taking new work.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // `wait_for` only fails when the sender is gone, which also means stop.
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Python's `str()` of a tuple of these values: `()`, `(1,)`, `(1, 'a')`.
