@@ -1,6 +1,7 @@
 //! Celery's Redis result backend (PROTOCOL.md section 6.2).
 //!
-//! Each state change is written exactly as `celery/backends/redis.py` writes it:
+//! Each state change is written as `celery/backends/redis.py` writes it: the key, the value
+//! bytes, the expiry and the pub/sub message are Celery's. Celery sends
 //!
 //! ```text
 //! GET celery-task-meta-<id>                 # a stored SUCCESS is final: stop here
@@ -9,6 +10,11 @@
 //! PUBLISH celery-task-meta-<id> <value>           # pushes the value to waiting clients
 //! EXEC
 //! ```
+//!
+//! in two round trips; here the same commands run in one script (`redis/store.lua`, by
+//! `EVALSHA`), one round trip, the check and the write in one atomic step. A server that
+//! refuses scripts (an ACL without `EVALSHA`, a proxy without scripting) gets Celery's
+//! sequence instead.
 //!
 //! Python clients `SUBSCRIBE` to the key's channel while they wait, so the PUBLISH is what
 //! makes `AsyncResult.get()` return promptly. Waiting here works the same way, with one
@@ -21,7 +27,8 @@
 //! ```
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -44,6 +51,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the first connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Celery's store (duplicate guard, SET/SETEX, PUBLISH) as one script.
+static STORE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("redis/store.lua")));
+
 /// The Redis key (and channel) holding a task's result.
 pub fn task_key(task_id: &str) -> String {
     format!("{TASK_KEY_PREFIX}{task_id}")
@@ -60,6 +71,8 @@ pub struct RedisBackend {
     url: String,
     opts: BackendOptions,
     hub: Arc<Hub>,
+    /// Set once the server refused the store script: Celery's command sequence from then on.
+    no_scripts: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -98,6 +111,7 @@ impl RedisBackend {
             url: masked,
             opts,
             hub: Arc::default(),
+            no_scripts: Arc::default(),
         })
     }
 
@@ -111,8 +125,8 @@ impl RedisBackend {
         &self.opts
     }
 
-    /// Store a state change with Celery's command sequence; a stored SUCCESS is never
-    /// overwritten.
+    /// Store a state change as Celery does (key, bytes, expiry, PUBLISH), in one round trip;
+    /// a stored SUCCESS is never overwritten.
     pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         let key = task_key(&meta.task_id);
         let value = meta.encode(self.opts.serializer)?;
@@ -122,12 +136,52 @@ impl RedisBackend {
                 len: value.len(),
             });
         }
+        // SETEX takes whole seconds; round a sub-second expiry up so it is not 0 (which
+        // Redis rejects).
+        let expires = self
+            .opts
+            .expires_for(meta.status)
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
         let mut conn = self.conn.clone();
+        if !self.no_scripts.load(Ordering::Relaxed) {
+            let mut store = STORE.key(&key);
+            store.arg(&value);
+            match expires {
+                Some(secs) => store.arg(secs),
+                None => store.arg(""),
+            };
+            match store.invoke_async::<i64>(&mut conn).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_connection_error(&e) => {
+                    return Err(BackendError::Redis {
+                        op: "EVALSHA store",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    if refuses_scripts(&e) {
+                        tracing::warn!(error = %e, "the result backend refuses scripts: storing with GET, then MULTI/EXEC (two round trips)");
+                        self.no_scripts.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.store_in_two_round_trips(&key, &value, expires).await
+    }
 
+    /// Celery's own sequence: `GET` (a stored SUCCESS is final), then `MULTI; SETEX` (or
+    /// `SET`) `; PUBLISH; EXEC`.
+    async fn store_in_two_round_trips(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
         // Celery's duplicate guard: a lost or redelivered task must not replace a result
         // the caller may already have read. Like Celery, this GET is outside the MULTI.
         let current: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut conn)
             .await
             .map_err(|source| BackendError::Redis { op: "GET", source })?;
@@ -139,18 +193,15 @@ impl RedisBackend {
 
         let mut pipe = redis::pipe();
         pipe.atomic();
-        match self.opts.expires_for(meta.status) {
-            // SETEX takes whole seconds; round a sub-second expiry up so it is not 0 (which
-            // Redis rejects).
-            Some(expires) => {
-                let secs = expires.as_secs() + u64::from(expires.subsec_nanos() > 0);
-                pipe.cmd("SETEX").arg(&key).arg(secs).arg(&value).ignore();
+        match expires {
+            Some(secs) => {
+                pipe.cmd("SETEX").arg(key).arg(secs).arg(value).ignore();
             }
             None => {
-                pipe.cmd("SET").arg(&key).arg(&value).ignore();
+                pipe.cmd("SET").arg(key).arg(value).ignore();
             }
         }
-        pipe.cmd("PUBLISH").arg(&key).arg(&value).ignore();
+        pipe.cmd("PUBLISH").arg(key).arg(value).ignore();
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|source| BackendError::Redis {
@@ -205,6 +256,21 @@ impl RedisBackend {
             .await
             .map_err(|source| BackendError::Redis { op: "DEL", source })
     }
+}
+
+/// Whether `e` comes from the connection (dropped, refused, timed out) rather than from
+/// the server's answer.
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Whether the server refuses scripts for good: an ACL without `EVALSHA`/`EVAL`/`SCRIPT`
+/// (`NOPERM`), or a server or proxy without the commands.
+fn refuses_scripts(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM")
+        || e.to_string()
+            .to_ascii_lowercase()
+            .contains("unknown command")
 }
 
 /// The waits of one backend and its clones: the awaited ids and the one subscriber task.
