@@ -247,6 +247,14 @@ impl RedisBackend {
         Ok(tokio::time::timeout(timeout, waiter.ready()).await.ok())
     }
 
+    /// Start listening for the task's result now, before its message is sent (Celery's
+    /// `on_task_call`): the subscription is made while the message travels, so a later
+    /// [`RedisBackend::wait`] costs no round trip of its own. Listening lasts as long as the
+    /// returned waiter (or any other waiter of the task) lives.
+    pub(crate) fn expect(&self, task_id: &str) -> Waiter {
+        self.hub.join(self, task_id)
+    }
+
     /// Delete a task's result (Celery's `AsyncResult.forget`).
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
@@ -285,9 +293,12 @@ struct Hub {
 impl Hub {
     fn join(&self, backend: &RedisBackend, task_id: &str) -> Waiter {
         let tx = self.subscriber(backend);
-        let waiter = self.waiters.join(task_id, Some(tx.clone()));
-        // After joining, so the subscriber finds the id awaited.
-        let _ = tx.send(task_id.to_owned());
+        let (waiter, first) = self.waiters.join_first(task_id, Some(tx.clone()));
+        // After joining, so the subscriber finds the id awaited. A later waiter of an id
+        // already awaited shares what the first one's subscription and read bring.
+        if first {
+            let _ = tx.send(task_id.to_owned());
+        }
         waiter
     }
 
@@ -315,15 +326,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE / UNSUBSCRIBE / MGET command.
 const BATCH: usize = 512;
 
+/// How long the channel of an id nobody awaits any more stays subscribed before an
+/// UNSUBSCRIBE (sooner once `BATCH` are due): unsubscribing in batches keeps that command
+/// off the path of the next call's SUBSCRIBE.
+const UNSUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+/// Values read by MGET: `(task id, stored bytes)` for each key read.
+type Read = Result<Vec<(String, Option<Vec<u8>>)>, redis::RedisError>;
+
 /// The subscriber: one pub/sub connection for every awaited id of a backend.
 ///
-/// `touched` names ids whose waiters came or went. For each, the subscriber brings the
-/// subscription in line with whether the id is still awaited and, if it is, reads the key
-/// once the subscription is confirmed, so a result stored before is found. After a lost
-/// connection it reconnects with backoff and does the same for every awaited id.
+/// `touched` names ids whose waiters came or went. For an id still awaited, the subscriber
+/// subscribes to its channel (if it is not already) and, once the subscription is
+/// confirmed, reads the key, so a result stored before is found; the read runs while
+/// pushed messages go on being delivered. The channel of an id no longer awaited is
+/// unsubscribed a little later, in a batch. After a lost connection it reconnects with
+/// backoff and does the same for every awaited id.
 async fn subscribe(
     client: redis::Client,
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     waiters: Arc<Waiters>,
     mut touched: mpsc::UnboundedReceiver<String>,
 ) {
@@ -342,23 +363,37 @@ async fn subscribe(
         let (mut sink, mut messages) = pubsub.split();
         let mut subscribed = HashSet::new();
         let mut todo: HashSet<String> = waiters.ids().into_iter().collect();
-        let lost = loop {
+        // Awaited ids whose keys are to be read, and the read under way.
+        let mut to_read: Vec<String> = Vec::new();
+        let mut reading: Option<std::pin::Pin<Box<dyn Future<Output = Read> + Send>>> = None;
+        // Subscribed ids no longer awaited, and when to unsubscribe them.
+        let mut gone: HashSet<String> = HashSet::new();
+        let mut unsubscribe_at: Option<tokio::time::Instant> = None;
+        let lost: redis::RedisError = loop {
             while let Ok(id) = touched.try_recv() {
                 todo.insert(id);
             }
             if !todo.is_empty() {
                 let ids = std::mem::take(&mut todo);
-                if let Err(error) = sync(&mut sink, &mut conn, &waiters, &mut subscribed, ids).await
-                {
-                    break error;
+                match sync(&mut sink, &waiters, &mut subscribed, &mut gone, ids).await {
+                    Ok(awaited) => to_read.extend(awaited),
+                    Err(error) => break error,
                 }
                 backoff = Duration::from_millis(100);
             }
+            if reading.is_none() && !to_read.is_empty() {
+                reading = Some(Box::pin(read(conn.clone(), std::mem::take(&mut to_read))));
+            }
+            if gone.is_empty() {
+                unsubscribe_at = None;
+            } else if gone.len() >= BATCH {
+                unsubscribe_at = Some(tokio::time::Instant::now());
+            } else {
+                unsubscribe_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + UNSUBSCRIBE_AFTER);
+            }
             tokio::select! {
-                id = touched.recv() => match id {
-                    Some(id) => { todo.insert(id); }
-                    None => return,
-                },
+                biased;
                 msg = messages.next() => match msg {
                     Some(msg) => deliver(&waiters, &msg),
                     None => break std::io::Error::new(
@@ -366,12 +401,40 @@ async fn subscribe(
                         "the subscriber connection closed",
                     ).into(),
                 },
+                id = touched.recv() => match id {
+                    Some(id) => { todo.insert(id); }
+                    None => return,
+                },
+                read = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                    reading = None;
+                    match read {
+                        Ok(values) => for (id, value) in values {
+                            if let Some(bytes) = value {
+                                wake(&waiters, &id, &bytes);
+                            }
+                        },
+                        Err(error) => break error,
+                    }
+                },
+                () = sleep_until(unsubscribe_at) => {
+                    if let Err(error) = unsubscribe(&mut sink, &waiters, &mut subscribed, &mut gone).await {
+                        break error;
+                    }
+                },
             }
         };
         tracing::warn!(error = %lost, retry_in = ?backoff, "result subscriber lost its connection; reconnecting");
         if !pause(&mut touched, &mut backoff).await {
             return;
         }
+    }
+}
+
+/// Sleep until `at`; never when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -389,17 +452,21 @@ async fn pause(touched: &mut mpsc::UnboundedReceiver<String>, backoff: &mut Dura
     }
 }
 
-/// Subscribe to the touched ids still awaited, unsubscribe from the others, then read the
-/// keys of the awaited ones.
+/// Subscribe to the touched ids still awaited (returned, for their keys to be read) and
+/// mark the others for a later UNSUBSCRIBE.
 async fn sync(
     sink: &mut PubSubSink,
-    conn: &mut ConnectionManager,
     waiters: &Waiters,
     subscribed: &mut HashSet<String>,
+    gone: &mut HashSet<String>,
     ids: HashSet<String>,
-) -> Result<(), redis::RedisError> {
-    let (awaited, gone): (Vec<String>, Vec<String>) =
+) -> Result<Vec<String>, redis::RedisError> {
+    let (awaited, left): (Vec<String>, Vec<String>) =
         ids.into_iter().partition(|id| waiters.contains(id));
+    for id in &awaited {
+        gone.remove(id);
+    }
+    gone.extend(left.into_iter().filter(|id| subscribed.contains(id)));
     let to_subscribe: Vec<&String> = awaited
         .iter()
         .filter(|id| !subscribed.contains(*id))
@@ -410,24 +477,37 @@ async fn sync(
         sink.subscribe(&keys).await?;
         subscribed.extend(chunk.iter().map(|id| (*id).clone()));
     }
-    let to_unsubscribe: Vec<&String> = gone.iter().filter(|id| subscribed.contains(*id)).collect();
-    for chunk in to_unsubscribe.chunks(BATCH) {
+    Ok(awaited)
+}
+
+/// UNSUBSCRIBE the channels of `gone` that nobody awaits again by now.
+async fn unsubscribe(
+    sink: &mut PubSubSink,
+    waiters: &Waiters,
+    subscribed: &mut HashSet<String>,
+    gone: &mut HashSet<String>,
+) -> Result<(), redis::RedisError> {
+    let ids: Vec<String> = gone.drain().filter(|id| !waiters.contains(id)).collect();
+    for chunk in ids.chunks(BATCH) {
         let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
         sink.unsubscribe(&keys).await?;
         for id in chunk {
-            subscribed.remove(*id);
-        }
-    }
-    for chunk in awaited.chunks(BATCH) {
-        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
-        for (id, value) in chunk.iter().zip(values) {
-            if let Some(bytes) = value {
-                wake(waiters, id, &bytes);
-            }
+            subscribed.remove(id);
         }
     }
     Ok(())
+}
+
+/// MGET the keys of `ids` (in batches).
+async fn read(mut conn: ConnectionManager, ids: Vec<String>) -> Read {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        out.extend(chunk.iter().cloned().zip(values));
+    }
+    Ok(out)
 }
 
 fn deliver(waiters: &Waiters, msg: &redis::Msg) {

@@ -239,6 +239,13 @@ impl Client {
     ) -> Result<AsyncResult, ClientError> {
         let (msg, exchange, routing_key) = self.build_message(name, args, kwargs, opts);
         let raw = protocol::encode(&msg)?;
+        // Like Celery's `on_task_call`, listen for the result before the message goes out
+        // (unless it is ignored): the subscription travels alongside the message.
+        let expected = if opts.ignore_result == Some(true) {
+            None
+        } else {
+            self.inner.backend.expect(&msg.headers.id)
+        };
         let queue = self.queue_of(opts);
         let (raw, exchange, routing_key, queue) = (&raw, &exchange, &routing_key, &queue);
         self.publish_policy(opts)
@@ -258,7 +265,7 @@ impl Client {
                     .await
             })
             .await?;
-        Ok(self.result(&msg.headers.id))
+        Ok(self.result(&msg.headers.id).expected(expected))
     }
 
     /// The retry policy of one send: the call's, else the client's (Celery's
