@@ -479,14 +479,16 @@ class Worker:
     def start(self, broker, backend: str | None, logs: Path, queue: str = QUEUE) -> Process:
         env = dict(os.environ)
         if self.kind == "celeriac":
-            argv = [str(WORKER_BIN), "--broker", broker.url, "-Q", queue,
+            argv = [str(self.opts.get("bin", WORKER_BIN)), "--broker", broker.url, "-Q", queue,
                     *self.opts.get("args", [])]
             if backend:
                 argv += ["--result-backend", backend]
             # Celery's worker logs at WARNING unless told otherwise; so does this one here
             # (its default, info, logs a line per task).
             env["RUST_LOG"] = "warn"
-            return Process(argv, logs / "celeriac.log", env=env)
+            env.update(self.opts.get("env", {}))
+            return Process(argv, logs / f"celeriac{'-b' if 'bin' in self.opts else ''}.log",
+                           env=env)
         if self.kind == "celery":
             argv = [PYTHON, "-m", "celery", "-A", "pyinterop", "-b", broker.url]
             if backend:
@@ -675,7 +677,8 @@ class Bench:
         latencies, ids = {}, []
         try:
             py = [(queues[n], e) for n, _, e in targets]
-            rust = [(queues[n], e) for n, _, e in targets if n in ("celeriac", "raw")]
+            rust = [(queues[n], e) for n, _, e in targets
+                    if n in ("celeriac", "celeriac-b", "raw")]
             for client, chosen in (("python", py), ("rust", rust)):
                 if client == "python":
                     argv = [PYTHON, str(BENCHES / "py_client.py"), "--broker", broker.url,
@@ -978,6 +981,12 @@ def run_round_trips(bench: Bench, broker, plan: Plan, args, report: dict, celeri
     report["chosen"].setdefault(name, {"celeriac": celeriac.label, "celery": celery.label})
     responder = next(w for w in raws if w.opts["mode"] in ("kombu", "each"))
     targets = [("celeriac", celeriac, 5), ("celery", celery, 5), ("raw", responder, None)]
+    if args.compare_worker:
+        # A/B: another build of the interop worker (e.g. main's), measured in the same rounds.
+        env = dict(kv.split("=", 1) for kv in args.compare_env.split(",") if kv)
+        other = Worker("celeriac", f"{args.compare_worker} {args.compare_env}".strip(),
+                       {**celeriac.opts, "bin": args.compare_worker, "env": env})
+        targets.append(("celeriac-b", other, 5))
     for rep in range(plan.repeats):
         log(f"round trips #{rep + 1}: Python's client to Celeriac ({celeriac.label}), Celery "
             f"and the raw responder, Celeriac's client to Celeriac and the raw responder, "
@@ -1016,7 +1025,8 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     m = report["machine"]
     out = []
     w = out.append
-    kind_name = {"celeriac": "Celeriac", "celery": "Celery 5.7", "raw": "raw limit"}
+    kind_name = {"celeriac": "Celeriac", "celery": "Celery 5.7", "raw": "raw limit",
+                 "celeriac-b": f"Celeriac B (`{args.compare_worker} {args.compare_env}`)"}
     w("# Celeriac vs Celery 5.7: benchmark results")
     w("")
     flags = "".join(f" {f}" for f, on in (("--quick", args.quick), ("--smoke", args.smoke),
@@ -1097,7 +1107,7 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     for broker in report["brokers"]:
         for client in ("python", "rust"):
             floor = [p50 for p50, _ in rtt.get((broker, client, "raw"), [])]
-            for kind in ("celeriac", "celery", "raw"):
+            for kind in ("celeriac", "celeriac-b", "celery", "raw"):
                 vals = rtt.get((broker, client, kind))
                 if not vals:
                     continue
@@ -1344,6 +1354,11 @@ def main() -> int:
     p.add_argument("--celeriac-args", default=None,
                    help="with --rtt-only: the interop worker's options (default: its "
                    "defaults), e.g. '-c 64 --prefetch-multiplier 16'")
+    p.add_argument("--compare-worker", default=None, metavar="PATH",
+                   help="round trips: also measure this interop-worker binary (another "
+                   "build, e.g. main's) as 'Celeriac B', in the same interleaved rounds")
+    p.add_argument("--compare-env", default="", metavar="K=V,...",
+                   help="environment for --compare-worker (e.g. TOKIO_WORKER_THREADS=1)")
     p.add_argument("--soak", type=int, default=0, metavar="N",
                    help="also feed N tasks through Celeriac on Redis, sampling its RSS "
                    "(issue 6's 1,000,000-task memory check; ~4 min per million)")

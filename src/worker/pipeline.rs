@@ -7,10 +7,10 @@
 //! 4. eta, then the task's rate limit: wait for them (holding the delivery, not a
 //!    concurrency slot);
 //! 5. take a concurrency slot, then check 3 again (it may have expired or been revoked
-//!    while it waited); early ack (Celery's default) unless acks-late: sent before the
-//!    task starts, its reply awaited only after the outcome is stored, so the ack's round
-//!    trip does not delay the result (a failed early ack leaves the message to the broker,
-//!    which delivers it again, as with Celery's prefork pool);
+//!    while it waited); early ack (Celery's default) unless acks-late: handed to the
+//!    broker connection before the task starts, its reply awaited only after the outcome is
+//!    stored, so the ack's round trip does not delay the result (a failed early ack leaves
+//!    the message to the broker, which delivers it again, as with Celery's prefork pool);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
