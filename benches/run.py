@@ -4,6 +4,7 @@
     python3 benches/run.py            # full run (~20 min on 2 cores), writes benches/RESULTS.md
     python3 benches/run.py --quick    # 1 run per measurement, small N (~5 min), prints only
     python3 benches/run.py --smoke    # CI check: Redis only, tiny N, asserts, ~1 min
+    python3 benches/run.py --rtt-only # only the round trips (A/B: --compare-worker PATH)
 
 For each broker (the harness's own Redis, RabbitMQ vhost ``celeriac-bench``), in one run:
 

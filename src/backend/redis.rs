@@ -32,7 +32,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::io::tcp::TcpSettings;
 use tokio::sync::mpsc;
 
 use super::waiters::{Waiter, Waiters};
@@ -90,10 +92,18 @@ impl RedisBackend {
     /// once if the server cannot be reached.
     pub async fn connect(url: &str, opts: BackendOptions) -> Result<Self, BackendError> {
         let masked = mask_password(url);
-        let client = redis::Client::open(url).map_err(|e| BackendError::InvalidUrl {
+        let invalid = |e: redis::RedisError| BackendError::InvalidUrl {
             url: masked.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        // TCP_NODELAY (redis-py sets it; redis-rs does not by default): with Nagle's
+        // algorithm a command written while another is unanswered on the same connection
+        // (two tasks storing at once, a SUBSCRIBE after an UNSUBSCRIBE) waits for that reply.
+        let info = url
+            .into_connection_info()
+            .map_err(invalid)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(invalid)?;
         // redis-rs answers a command that takes longer than 500 ms with an error by default;
         // on a loaded machine that would lose a result, so allow as long as the broker does.
         let config = ConnectionManagerConfig::new()

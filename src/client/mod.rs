@@ -31,7 +31,11 @@
 //! ```
 //!
 //! Results are pushed: the Redis backend shares one subscription among every awaited
-//! result; with `rpc://` one consumer on the client's reply queue serves them all.
+//! result; with `rpc://` one consumer on the client's reply queue serves them all. As
+//! Celery's client does, a send subscribes to the result's channel as the message goes out
+//! (unless the result is ignored), so `get` then waits without a round trip of its own: one
+//! call is the publish, a SUBSCRIBE alongside it and one read of the key once subscribed
+//! (for a result stored before the subscription took hold); unsubscribing is batched.
 //!
 //! For a Rust task, the call stub `#[task]` writes beside the function checks the arguments
 //! at compile time and types the result: `client.send(&add::new(2, 3))` (see
