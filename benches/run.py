@@ -4,6 +4,7 @@
     python3 benches/run.py            # full run (~20 min on 2 cores), writes benches/RESULTS.md
     python3 benches/run.py --quick    # 1 run per measurement, small N (~5 min), prints only
     python3 benches/run.py --smoke    # CI check: Redis only, tiny N, asserts, ~1 min
+    python3 benches/run.py --rtt-only # only the round trips (A/B: --compare-worker PATH)
 
 For each broker (the harness's own Redis, RabbitMQ vhost ``celeriac-bench``), in one run:
 
@@ -479,14 +480,16 @@ class Worker:
     def start(self, broker, backend: str | None, logs: Path, queue: str = QUEUE) -> Process:
         env = dict(os.environ)
         if self.kind == "celeriac":
-            argv = [str(WORKER_BIN), "--broker", broker.url, "-Q", queue,
+            argv = [str(self.opts.get("bin", WORKER_BIN)), "--broker", broker.url, "-Q", queue,
                     *self.opts.get("args", [])]
             if backend:
                 argv += ["--result-backend", backend]
             # Celery's worker logs at WARNING unless told otherwise; so does this one here
             # (its default, info, logs a line per task).
             env["RUST_LOG"] = "warn"
-            return Process(argv, logs / "celeriac.log", env=env)
+            env.update(self.opts.get("env", {}))
+            return Process(argv, logs / f"celeriac{'-b' if 'bin' in self.opts else ''}.log",
+                           env=env)
         if self.kind == "celery":
             argv = [PYTHON, "-m", "celery", "-A", "pyinterop", "-b", broker.url]
             if backend:
@@ -675,7 +678,8 @@ class Bench:
         latencies, ids = {}, []
         try:
             py = [(queues[n], e) for n, _, e in targets]
-            rust = [(queues[n], e) for n, _, e in targets if n in ("celeriac", "raw")]
+            rust = [(queues[n], e) for n, _, e in targets
+                    if n in ("celeriac", "celeriac-b", "raw")]
             for client, chosen in (("python", py), ("rust", rust)):
                 if client == "python":
                     argv = [PYTHON, str(BENCHES / "py_client.py"), "--broker", broker.url,
@@ -899,6 +903,9 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
     name = broker.name
     sweep_log = report["sweep"]
     log(f"== {name} ({broker.url})")
+    if args.rtt_only:
+        run_round_trips(bench, broker, plan, args, report, *rtt_only_workers(broker, args))
+        return
     if args.smoke:
         celeriac = celeriac_configs()[0]
         celery = Worker("celery", "-P threads -c 4 --prefetch-multiplier 4",
@@ -938,15 +945,7 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
                     f"peak RSS {d.hwm_kb / 1024:.1f} MB (publisher {d.publish_rate:,.0f}/s)")
                 report["drain"].setdefault((name, mode, w.kind, w.label), []).append(d)
 
-    responder = next(w for w in raws if w.opts["mode"] in ("kombu", "each"))
-    targets = [("celeriac", celeriac, 5), ("celery", celery, 5), ("raw", responder, None)]
-    for rep in range(plan.repeats):
-        log(f"round trips #{rep + 1}: Python's client to Celeriac, Celery and the raw "
-            f"responder, Celeriac's client to Celeriac and the raw responder, in turn")
-        for (client, kind), lat in bench.round_trips(broker, targets).items():
-            p50, p99 = percentile(lat, 50) / 1000, percentile(lat, 99) / 1000
-            log(f"  {client} -> {kind}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-            report["rtt"].setdefault((name, client, kind), []).append((p50, p99))
+    run_round_trips(bench, broker, plan, args, report, celeriac, celery, raws)
 
     if args.soak and isinstance(broker, RedisBroker):
         log(f"soak: {args.soak:,} tasks through Celeriac ({celeriac.label}), RSS every second")
@@ -961,6 +960,42 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
             h = bench.hold(broker, w, plan.hold_n)
             log(f"  RSS {h['rss_kb'] / 1024:.1f} MB (peak {h['hwm_kb'] / 1024:.1f} MB)")
             report["hold"].setdefault((name, w.kind), []).append(h)
+
+
+def rtt_only_workers(broker, args) -> tuple[Worker, Worker, list[Worker]]:
+    """The workers of a ``--rtt-only`` run (no sweep): Celeriac with ``--celeriac-args``
+    (default: its defaults), Celery ``-P solo``, and the raw responder."""
+    if args.celeriac_args:
+        extra = args.celeriac_args.split()
+        celeriac = Worker("celeriac", args.celeriac_args, {"args": extra})
+    else:
+        celeriac = celeriac_configs()[0]
+    celery = Worker("celery", "-P solo --prefetch-multiplier 4",
+                    {"args": ["-P", "solo", "--prefetch-multiplier", "4"], "c": 1})
+    return celeriac, celery, raw_configs(broker)
+
+
+def run_round_trips(bench: Bench, broker, plan: Plan, args, report: dict, celeriac: Worker,
+                    celery: Worker, raws: list[Worker]) -> None:
+    """Round trips from both clients to Celeriac, Celery and the raw responder, repeated."""
+    name = broker.name
+    report["chosen"].setdefault(name, {"celeriac": celeriac.label, "celery": celery.label})
+    responder = next(w for w in raws if w.opts["mode"] in ("kombu", "each"))
+    targets = [("celeriac", celeriac, 5), ("celery", celery, 5), ("raw", responder, None)]
+    if args.compare_worker:
+        # A/B: another build of the interop worker (e.g. main's), measured in the same rounds.
+        env = dict(kv.split("=", 1) for kv in args.compare_env.split(",") if kv)
+        other = Worker("celeriac", f"{args.compare_worker} {args.compare_env}".strip(),
+                       {**celeriac.opts, "bin": args.compare_worker, "env": env})
+        targets.append(("celeriac-b", other, 5))
+    for rep in range(plan.repeats):
+        log(f"round trips #{rep + 1}: Python's client to Celeriac ({celeriac.label}), Celery "
+            f"and the raw responder, Celeriac's client to Celeriac and the raw responder, "
+            f"in turn")
+        for (client, kind), lat in bench.round_trips(broker, targets).items():
+            p50, p99 = percentile(lat, 50) / 1000, percentile(lat, 99) / 1000
+            log(f"  {client} -> {kind}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+            report["rtt"].setdefault((name, client, kind), []).append((p50, p99))
 
 
 def soak_trend(samples: list) -> tuple[float, float]:
@@ -991,10 +1026,14 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     m = report["machine"]
     out = []
     w = out.append
-    kind_name = {"celeriac": "Celeriac", "celery": "Celery 5.7", "raw": "raw limit"}
+    kind_name = {"celeriac": "Celeriac", "celery": "Celery 5.7", "raw": "raw limit",
+                 "celeriac-b": f"Celeriac B (`{args.compare_worker} {args.compare_env}`)"}
     w("# Celeriac vs Celery 5.7: benchmark results")
     w("")
     flags = "".join(f" {f}" for f, on in (("--quick", args.quick), ("--smoke", args.smoke),
+                                           ("--rtt-only", args.rtt_only),
+                                           (f"--celeriac-args '{args.celeriac_args}'",
+                                            args.rtt_only and args.celeriac_args),
                                            (f"--soak {args.soak}", args.soak)) if on)
     w(f"Run {started:%Y-%m-%d %H:%M} UTC with `python3 benches/run.py{flags}` "
       f"({elapsed / 60:.1f} min, {plan.repeats} run(s) per measurement; medians, min–max in "
@@ -1007,52 +1046,53 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
       "The machine is shared: other builds and test runs may have run at the same time, so "
       "single numbers are noisy; compare within one run.")
     w("")
-    w("## Throughput: draining a pre-filled queue of `interop.noop` tasks (tasks/s)")
-    w("")
-    w("| broker | results | Celeriac | Celery 5.7 (best) | raw limit (best) | "
-      "Celeriac / Celery | Celeriac / raw |")
-    w("| --- | --- | --- | --- | --- | --- | --- |")
-    drains = report["drain"]
-    for broker in report["brokers"]:
-        for mode in ("ignore_result", "results"):
-            def rates(kind):
-                cells = [(label, [d.rate for d in ds]) for (b, md, k, label), ds in drains.items()
-                         if b == broker and md == mode and k == kind]
-                return max(cells, key=lambda c: statistics.median(c[1]), default=(None, []))
-            _, ce = rates("celeriac")
-            _, cy = rates("celery")
-            raw_label, rw = rates("raw")
-            mode_text = "ignored" if mode == "ignore_result" else "stored in Redis"
-            w(f"| {broker} | {mode_text} | {fmt_rate(ce) if ce else '–'} | "
-              f"{fmt_rate(cy) if cy else '–'} | {fmt_rate(rw) if rw else '–'} | "
-              f"{ratio(ce, cy)} | {ratio(ce, rw)} |")
-    w("")
-    w("Every configuration measured (N = tasks per run, CPU = utime+stime of the worker's "
-      "process tree per 10,000 tasks, peak RSS = VmHWM summed over the tree):")
-    w("")
-    w("| broker | results | worker | configuration | N | tasks/s | CPU s / 10k | "
-      "peak RSS MB |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (broker, mode, kind, label), ds in drains.items():
-        ns = sorted({d.n for d in ds})
-        n_text = f"{ns[0]:,}" if len(ns) == 1 else f"{ns[0]:,}–{ns[-1]:,}"
-        w(f"| {broker} | {'ignored' if mode == 'ignore_result' else 'stored'} | "
-          f"{kind_name[kind]} | {label} | {n_text} | {fmt_rate([d.rate for d in ds])} | "
-          f"{fmt_num([d.cpu_per_10k for d in ds])} | "
-          f"{fmt_num([d.hwm_kb / 1024 for d in ds], 1)} |")
-    w("")
-    if report["sweep"]:
-        w("Configurations swept (one run each, `ignore_result`, N = "
-          f"{plan.sweep_n:,} for Celery, {plan.sweep_n * 5:,} for Celeriac, at least five "
-          "prefetch windows); the best per broker is used above:")
+    if report["drain"]:
+        w("## Throughput: draining a pre-filled queue of `interop.noop` tasks (tasks/s)")
         w("")
-        w("| broker | worker | configuration | tasks/s |")
-        w("| --- | --- | --- | --- |")
-        for broker, wk, rate in report["sweep"]:
-            chosen = report["chosen"].get(broker, {}).get(wk.kind) == wk.label
-            w(f"| {broker} | {kind_name[wk.kind]} | {wk.label}{' **(chosen)**' if chosen else ''}"
-              f" | {'failed' if rate is None else f'{rate:,.0f}'} |")
+        w("| broker | results | Celeriac | Celery 5.7 (best) | raw limit (best) | "
+          "Celeriac / Celery | Celeriac / raw |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        drains = report["drain"]
+        for broker in report["brokers"]:
+            for mode in ("ignore_result", "results"):
+                def rates(kind):
+                    cells = [(label, [d.rate for d in ds]) for (b, md, k, label), ds in drains.items()
+                             if b == broker and md == mode and k == kind]
+                    return max(cells, key=lambda c: statistics.median(c[1]), default=(None, []))
+                _, ce = rates("celeriac")
+                _, cy = rates("celery")
+                raw_label, rw = rates("raw")
+                mode_text = "ignored" if mode == "ignore_result" else "stored in Redis"
+                w(f"| {broker} | {mode_text} | {fmt_rate(ce) if ce else '–'} | "
+                  f"{fmt_rate(cy) if cy else '–'} | {fmt_rate(rw) if rw else '–'} | "
+                  f"{ratio(ce, cy)} | {ratio(ce, rw)} |")
         w("")
+        w("Every configuration measured (N = tasks per run, CPU = utime+stime of the worker's "
+          "process tree per 10,000 tasks, peak RSS = VmHWM summed over the tree):")
+        w("")
+        w("| broker | results | worker | configuration | N | tasks/s | CPU s / 10k | "
+          "peak RSS MB |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for (broker, mode, kind, label), ds in drains.items():
+            ns = sorted({d.n for d in ds})
+            n_text = f"{ns[0]:,}" if len(ns) == 1 else f"{ns[0]:,}–{ns[-1]:,}"
+            w(f"| {broker} | {'ignored' if mode == 'ignore_result' else 'stored'} | "
+              f"{kind_name[kind]} | {label} | {n_text} | {fmt_rate([d.rate for d in ds])} | "
+              f"{fmt_num([d.cpu_per_10k for d in ds])} | "
+              f"{fmt_num([d.hwm_kb / 1024 for d in ds], 1)} |")
+        w("")
+        if report["sweep"]:
+            w("Configurations swept (one run each, `ignore_result`, N = "
+              f"{plan.sweep_n:,} for Celery, {plan.sweep_n * 5:,} for Celeriac, at least five "
+              "prefetch windows); the best per broker is used above:")
+            w("")
+            w("| broker | worker | configuration | tasks/s |")
+            w("| --- | --- | --- | --- |")
+            for broker, wk, rate in report["sweep"]:
+                chosen = report["chosen"].get(broker, {}).get(wk.kind) == wk.label
+                w(f"| {broker} | {kind_name[wk.kind]} | {wk.label}{' **(chosen)**' if chosen else ''}"
+                  f" | {'failed' if rate is None else f'{rate:,.0f}'} |")
+            w("")
     w(f"## Round trip: {args.calls:,} calls in a row (ms)")
     w("")
     w("Python's client calls `add.apply_async((2, 3), queue=Q).get()` (`add.delay(2, 3)` "
@@ -1068,7 +1108,7 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     for broker in report["brokers"]:
         for client in ("python", "rust"):
             floor = [p50 for p50, _ in rtt.get((broker, client, "raw"), [])]
-            for kind in ("celeriac", "celery", "raw"):
+            for kind in ("celeriac", "celeriac-b", "celery", "raw"):
                 vals = rtt.get((broker, client, kind))
                 if not vals:
                     continue
@@ -1079,22 +1119,23 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
                 w(f"| {broker} | {'Python' if client == 'python' else 'Celeriac (Rust)'} | "
                   f"{worker} | {fmt_num(p50s, 3)} | {fmt_num(p99s, 3)} | {rel} |")
     w("")
-    w(f"## Memory while holding {plan.hold_n:,} prefetched messages")
-    w("")
-    w("Tasks with an eta an hour away, which every worker takes and keeps; each worker runs "
-      "its chosen pool and concurrency with a prefetch multiplier that lets it reserve them all "
-      "at once. RSS is summed over the worker's processes once the queue is empty (and 1 s "
-      "more).")
-    w("")
-    w("| broker | worker | configuration | held | RSS MB | peak RSS MB |")
-    w("| --- | --- | --- | --- | --- | --- |")
-    for (broker, kind), hs in report["hold"].items():
-        held = min(h["taken"] for h in hs)
-        w(f"| {broker} | {kind_name[kind]} | {hs[0]['label']} | "
-          f"{held:,}{'' if held == plan.hold_n else ' (not all in 120 s)'} | "
-          f"{fmt_num([h['rss_kb'] / 1024 for h in hs], 1)} | "
-          f"{fmt_num([h['hwm_kb'] / 1024 for h in hs], 1)} |")
-    w("")
+    if report["hold"]:
+        w(f"## Memory while holding {plan.hold_n:,} prefetched messages")
+        w("")
+        w("Tasks with an eta an hour away, which every worker takes and keeps; each worker runs "
+          "its chosen pool and concurrency with a prefetch multiplier that lets it reserve them all "
+          "at once. RSS is summed over the worker's processes once the queue is empty (and 1 s "
+          "more).")
+        w("")
+        w("| broker | worker | configuration | held | RSS MB | peak RSS MB |")
+        w("| --- | --- | --- | --- | --- | --- |")
+        for (broker, kind), hs in report["hold"].items():
+            held = min(h["taken"] for h in hs)
+            w(f"| {broker} | {kind_name[kind]} | {hs[0]['label']} | "
+              f"{held:,}{'' if held == plan.hold_n else ' (not all in 120 s)'} | "
+              f"{fmt_num([h['rss_kb'] / 1024 for h in hs], 1)} | "
+              f"{fmt_num([h['hwm_kb'] / 1024 for h in hs], 1)} |")
+        w("")
     soak = report.get("soak")
     if soak:
         samples = soak["samples"]
@@ -1308,6 +1349,17 @@ def main() -> int:
     p.add_argument("--out", default=None,
                    help="Markdown report path (default benches/RESULTS.md for a full run)")
     p.add_argument("--no-build", action="store_true", help="use the release binaries as built")
+    p.add_argument("--rtt-only", action="store_true",
+                   help="only the round trips (no sweep, drains or memory); Celeriac runs "
+                   "with --celeriac-args")
+    p.add_argument("--celeriac-args", default=None,
+                   help="with --rtt-only: the interop worker's options (default: its "
+                   "defaults), e.g. '-c 64 --prefetch-multiplier 16'")
+    p.add_argument("--compare-worker", default=None, metavar="PATH",
+                   help="round trips: also measure this interop-worker binary (another "
+                   "build, e.g. main's) as 'Celeriac B', in the same interleaved rounds")
+    p.add_argument("--compare-env", default="", metavar="K=V,...",
+                   help="environment for --compare-worker (e.g. TOKIO_WORKER_THREADS=1)")
     p.add_argument("--soak", type=int, default=0, metavar="N",
                    help="also feed N tasks through Celeriac on Redis, sampling its RSS "
                    "(issue 6's 1,000,000-task memory check; ~4 min per million)")
@@ -1319,7 +1371,7 @@ def main() -> int:
     brokers = (args.brokers or ("redis" if args.smoke else "redis,amqp")).split(",")
     plan = plan_for(args)
     out_path = Path(args.out) if args.out else (
-        None if (args.quick or args.smoke) else BENCHES / "RESULTS.md")
+        None if (args.quick or args.smoke or args.rtt_only) else BENCHES / "RESULTS.md")
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()

@@ -32,7 +32,8 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use redis::AsyncConnectionConfig;
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use serde_json::json;
@@ -134,7 +135,11 @@ async fn connect_redis(url: &str) -> Result<MultiplexedConnection> {
         .set_connection_timeout(Some(Duration::from_secs(5)))
         // Longer than the blocking pop, so only a dead connection times out.
         .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS + 10)));
-    redis::Client::open(url)?
+    // TCP_NODELAY, as redis-py (and so Celery) sets it; redis-rs leaves Nagle on by default.
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)?
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .with_context(|| format!("connect to {url}"))

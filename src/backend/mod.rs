@@ -171,6 +171,11 @@ impl BackendError {
     }
 }
 
+/// A task's result listened for from before its message was sent ([`AnyBackend::expect`]).
+pub(crate) struct Expectation {
+    _waiter: waiters::Waiter,
+}
+
 /// The result backend in use: one of a closed set, dispatched with a `match`.
 #[derive(Debug, Clone, Default)]
 pub enum AnyBackend {
@@ -295,6 +300,20 @@ impl AnyBackend {
             Self::Memory(b) => Ok(b.wait(task_id, timeout).await),
             Self::Redis(b) => b.wait(task_id, timeout).await,
             Self::Rpc(b) => b.wait(task_id, timeout).await,
+        }
+    }
+
+    /// Start listening for a task's result before its message is sent, as Celery's
+    /// `on_task_call` subscribes first: the Redis backend subscribes while the message
+    /// travels, and a later [`AnyBackend::wait`] for the id then costs no round trip of its
+    /// own. `None` where there is nothing to prepare. Listening lasts while the returned
+    /// value lives.
+    pub(crate) fn expect(&self, task_id: &str) -> Option<Expectation> {
+        match self {
+            Self::Redis(b) => Some(Expectation {
+                _waiter: b.expect(task_id),
+            }),
+            _ => None,
         }
     }
 

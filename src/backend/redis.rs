@@ -1,6 +1,7 @@
 //! Celery's Redis result backend (PROTOCOL.md section 6.2).
 //!
-//! Each state change is written exactly as `celery/backends/redis.py` writes it:
+//! Each state change is written as `celery/backends/redis.py` writes it: the key, the value
+//! bytes, the expiry and the pub/sub message are Celery's. Celery sends
 //!
 //! ```text
 //! GET celery-task-meta-<id>                 # a stored SUCCESS is final: stop here
@@ -9,6 +10,11 @@
 //! PUBLISH celery-task-meta-<id> <value>           # pushes the value to waiting clients
 //! EXEC
 //! ```
+//!
+//! in two round trips; here the same commands run in one script (`redis/store.lua`, by
+//! `EVALSHA`), one round trip, the check and the write in one atomic step. A server that
+//! refuses scripts (an ACL without `EVALSHA`, a proxy without scripting) gets Celery's
+//! sequence instead.
 //!
 //! Python clients `SUBSCRIBE` to the key's channel while they wait, so the PUBLISH is what
 //! makes `AsyncResult.get()` return promptly. Waiting here works the same way, with one
@@ -21,11 +27,14 @@
 //! ```
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::io::tcp::TcpSettings;
 use tokio::sync::mpsc;
 
 use super::waiters::{Waiter, Waiters};
@@ -44,6 +53,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the first connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Celery's store (duplicate guard, SET/SETEX, PUBLISH) as one script.
+static STORE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("redis/store.lua")));
+
 /// The Redis key (and channel) holding a task's result.
 pub fn task_key(task_id: &str) -> String {
     format!("{TASK_KEY_PREFIX}{task_id}")
@@ -60,6 +73,8 @@ pub struct RedisBackend {
     url: String,
     opts: BackendOptions,
     hub: Arc<Hub>,
+    /// Set once the server refused the store script: Celery's command sequence from then on.
+    no_scripts: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -77,10 +92,18 @@ impl RedisBackend {
     /// once if the server cannot be reached.
     pub async fn connect(url: &str, opts: BackendOptions) -> Result<Self, BackendError> {
         let masked = mask_password(url);
-        let client = redis::Client::open(url).map_err(|e| BackendError::InvalidUrl {
+        let invalid = |e: redis::RedisError| BackendError::InvalidUrl {
             url: masked.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        // TCP_NODELAY (redis-py sets it; redis-rs does not by default): with Nagle's
+        // algorithm a command written while another is unanswered on the same connection
+        // (two tasks storing at once, a SUBSCRIBE after an UNSUBSCRIBE) waits for that reply.
+        let info = url
+            .into_connection_info()
+            .map_err(invalid)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(invalid)?;
         // redis-rs answers a command that takes longer than 500 ms with an error by default;
         // on a loaded machine that would lose a result, so allow as long as the broker does.
         let config = ConnectionManagerConfig::new()
@@ -98,6 +121,7 @@ impl RedisBackend {
             url: masked,
             opts,
             hub: Arc::default(),
+            no_scripts: Arc::default(),
         })
     }
 
@@ -111,8 +135,8 @@ impl RedisBackend {
         &self.opts
     }
 
-    /// Store a state change with Celery's command sequence; a stored SUCCESS is never
-    /// overwritten.
+    /// Store a state change as Celery does (key, bytes, expiry, PUBLISH), in one round trip;
+    /// a stored SUCCESS is never overwritten.
     pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         let key = task_key(&meta.task_id);
         let value = meta.encode(self.opts.serializer)?;
@@ -122,12 +146,52 @@ impl RedisBackend {
                 len: value.len(),
             });
         }
+        // SETEX takes whole seconds; round a sub-second expiry up so it is not 0 (which
+        // Redis rejects).
+        let expires = self
+            .opts
+            .expires_for(meta.status)
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
         let mut conn = self.conn.clone();
+        if !self.no_scripts.load(Ordering::Relaxed) {
+            let mut store = STORE.key(&key);
+            store.arg(&value);
+            match expires {
+                Some(secs) => store.arg(secs),
+                None => store.arg(""),
+            };
+            match store.invoke_async::<i64>(&mut conn).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_connection_error(&e) => {
+                    return Err(BackendError::Redis {
+                        op: "EVALSHA store",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    if refuses_scripts(&e) {
+                        tracing::warn!(error = %e, "the result backend refuses scripts: storing with GET, then MULTI/EXEC (two round trips)");
+                        self.no_scripts.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.store_in_two_round_trips(&key, &value, expires).await
+    }
 
+    /// Celery's own sequence: `GET` (a stored SUCCESS is final), then `MULTI; SETEX` (or
+    /// `SET`) `; PUBLISH; EXEC`.
+    async fn store_in_two_round_trips(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
         // Celery's duplicate guard: a lost or redelivered task must not replace a result
         // the caller may already have read. Like Celery, this GET is outside the MULTI.
         let current: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut conn)
             .await
             .map_err(|source| BackendError::Redis { op: "GET", source })?;
@@ -139,18 +203,15 @@ impl RedisBackend {
 
         let mut pipe = redis::pipe();
         pipe.atomic();
-        match self.opts.expires_for(meta.status) {
-            // SETEX takes whole seconds; round a sub-second expiry up so it is not 0 (which
-            // Redis rejects).
-            Some(expires) => {
-                let secs = expires.as_secs() + u64::from(expires.subsec_nanos() > 0);
-                pipe.cmd("SETEX").arg(&key).arg(secs).arg(&value).ignore();
+        match expires {
+            Some(secs) => {
+                pipe.cmd("SETEX").arg(key).arg(secs).arg(value).ignore();
             }
             None => {
-                pipe.cmd("SET").arg(&key).arg(&value).ignore();
+                pipe.cmd("SET").arg(key).arg(value).ignore();
             }
         }
-        pipe.cmd("PUBLISH").arg(&key).arg(&value).ignore();
+        pipe.cmd("PUBLISH").arg(key).arg(value).ignore();
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|source| BackendError::Redis {
@@ -196,6 +257,14 @@ impl RedisBackend {
         Ok(tokio::time::timeout(timeout, waiter.ready()).await.ok())
     }
 
+    /// Start listening for the task's result now, before its message is sent (Celery's
+    /// `on_task_call`): the subscription is made while the message travels, so a later
+    /// [`RedisBackend::wait`] costs no round trip of its own. Listening lasts as long as the
+    /// returned waiter (or any other waiter of the task) lives.
+    pub(crate) fn expect(&self, task_id: &str) -> Waiter {
+        self.hub.join(self, task_id)
+    }
+
     /// Delete a task's result (Celery's `AsyncResult.forget`).
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
@@ -205,6 +274,21 @@ impl RedisBackend {
             .await
             .map_err(|source| BackendError::Redis { op: "DEL", source })
     }
+}
+
+/// Whether `e` comes from the connection (dropped, refused, timed out) rather than from
+/// the server's answer.
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Whether the server refuses scripts for good: an ACL without `EVALSHA`/`EVAL`/`SCRIPT`
+/// (`NOPERM`), or a server or proxy without the commands.
+fn refuses_scripts(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM")
+        || e.to_string()
+            .to_ascii_lowercase()
+            .contains("unknown command")
 }
 
 /// The waits of one backend and its clones: the awaited ids and the one subscriber task.
@@ -219,9 +303,12 @@ struct Hub {
 impl Hub {
     fn join(&self, backend: &RedisBackend, task_id: &str) -> Waiter {
         let tx = self.subscriber(backend);
-        let waiter = self.waiters.join(task_id, Some(tx.clone()));
-        // After joining, so the subscriber finds the id awaited.
-        let _ = tx.send(task_id.to_owned());
+        let (waiter, first) = self.waiters.join_first(task_id, Some(tx.clone()));
+        // After joining, so the subscriber finds the id awaited. A later waiter of an id
+        // already awaited shares what the first one's subscription and read bring.
+        if first {
+            let _ = tx.send(task_id.to_owned());
+        }
         waiter
     }
 
@@ -249,15 +336,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE / UNSUBSCRIBE / MGET command.
 const BATCH: usize = 512;
 
+/// How long the channel of an id nobody awaits any more stays subscribed before an
+/// UNSUBSCRIBE (sooner once `BATCH` are due): unsubscribing in batches keeps that command
+/// off the path of the next call's SUBSCRIBE.
+const UNSUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+/// Values read by MGET: `(task id, stored bytes)` for each key read.
+type Read = Result<Vec<(String, Option<Vec<u8>>)>, redis::RedisError>;
+
 /// The subscriber: one pub/sub connection for every awaited id of a backend.
 ///
-/// `touched` names ids whose waiters came or went. For each, the subscriber brings the
-/// subscription in line with whether the id is still awaited and, if it is, reads the key
-/// once the subscription is confirmed, so a result stored before is found. After a lost
-/// connection it reconnects with backoff and does the same for every awaited id.
+/// `touched` names ids whose waiters came or went. For an id still awaited, the subscriber
+/// subscribes to its channel (if it is not already) and, once the subscription is
+/// confirmed, reads the key, so a result stored before is found; the read runs while
+/// pushed messages go on being delivered. The channel of an id no longer awaited is
+/// unsubscribed a little later, in a batch. After a lost connection it reconnects with
+/// backoff and does the same for every awaited id.
 async fn subscribe(
     client: redis::Client,
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     waiters: Arc<Waiters>,
     mut touched: mpsc::UnboundedReceiver<String>,
 ) {
@@ -276,23 +373,37 @@ async fn subscribe(
         let (mut sink, mut messages) = pubsub.split();
         let mut subscribed = HashSet::new();
         let mut todo: HashSet<String> = waiters.ids().into_iter().collect();
-        let lost = loop {
+        // Awaited ids whose keys are to be read, and the read under way.
+        let mut to_read: Vec<String> = Vec::new();
+        let mut reading: Option<std::pin::Pin<Box<dyn Future<Output = Read> + Send>>> = None;
+        // Subscribed ids no longer awaited, and when to unsubscribe them.
+        let mut gone: HashSet<String> = HashSet::new();
+        let mut unsubscribe_at: Option<tokio::time::Instant> = None;
+        let lost: redis::RedisError = loop {
             while let Ok(id) = touched.try_recv() {
                 todo.insert(id);
             }
             if !todo.is_empty() {
                 let ids = std::mem::take(&mut todo);
-                if let Err(error) = sync(&mut sink, &mut conn, &waiters, &mut subscribed, ids).await
-                {
-                    break error;
+                match sync(&mut sink, &waiters, &mut subscribed, &mut gone, ids).await {
+                    Ok(awaited) => to_read.extend(awaited),
+                    Err(error) => break error,
                 }
                 backoff = Duration::from_millis(100);
             }
+            if reading.is_none() && !to_read.is_empty() {
+                reading = Some(Box::pin(read(conn.clone(), std::mem::take(&mut to_read))));
+            }
+            if gone.is_empty() {
+                unsubscribe_at = None;
+            } else if gone.len() >= BATCH {
+                unsubscribe_at = Some(tokio::time::Instant::now());
+            } else {
+                unsubscribe_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + UNSUBSCRIBE_AFTER);
+            }
             tokio::select! {
-                id = touched.recv() => match id {
-                    Some(id) => { todo.insert(id); }
-                    None => return,
-                },
+                biased;
                 msg = messages.next() => match msg {
                     Some(msg) => deliver(&waiters, &msg),
                     None => break std::io::Error::new(
@@ -300,12 +411,40 @@ async fn subscribe(
                         "the subscriber connection closed",
                     ).into(),
                 },
+                id = touched.recv() => match id {
+                    Some(id) => { todo.insert(id); }
+                    None => return,
+                },
+                read = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                    reading = None;
+                    match read {
+                        Ok(values) => for (id, value) in values {
+                            if let Some(bytes) = value {
+                                wake(&waiters, &id, &bytes);
+                            }
+                        },
+                        Err(error) => break error,
+                    }
+                },
+                () = sleep_until(unsubscribe_at) => {
+                    if let Err(error) = unsubscribe(&mut sink, &waiters, &mut subscribed, &mut gone).await {
+                        break error;
+                    }
+                },
             }
         };
         tracing::warn!(error = %lost, retry_in = ?backoff, "result subscriber lost its connection; reconnecting");
         if !pause(&mut touched, &mut backoff).await {
             return;
         }
+    }
+}
+
+/// Sleep until `at`; never when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -323,17 +462,21 @@ async fn pause(touched: &mut mpsc::UnboundedReceiver<String>, backoff: &mut Dura
     }
 }
 
-/// Subscribe to the touched ids still awaited, unsubscribe from the others, then read the
-/// keys of the awaited ones.
+/// Subscribe to the touched ids still awaited (returned, for their keys to be read) and
+/// mark the others for a later UNSUBSCRIBE.
 async fn sync(
     sink: &mut PubSubSink,
-    conn: &mut ConnectionManager,
     waiters: &Waiters,
     subscribed: &mut HashSet<String>,
+    gone: &mut HashSet<String>,
     ids: HashSet<String>,
-) -> Result<(), redis::RedisError> {
-    let (awaited, gone): (Vec<String>, Vec<String>) =
+) -> Result<Vec<String>, redis::RedisError> {
+    let (awaited, left): (Vec<String>, Vec<String>) =
         ids.into_iter().partition(|id| waiters.contains(id));
+    for id in &awaited {
+        gone.remove(id);
+    }
+    gone.extend(left.into_iter().filter(|id| subscribed.contains(id)));
     let to_subscribe: Vec<&String> = awaited
         .iter()
         .filter(|id| !subscribed.contains(*id))
@@ -344,24 +487,37 @@ async fn sync(
         sink.subscribe(&keys).await?;
         subscribed.extend(chunk.iter().map(|id| (*id).clone()));
     }
-    let to_unsubscribe: Vec<&String> = gone.iter().filter(|id| subscribed.contains(*id)).collect();
-    for chunk in to_unsubscribe.chunks(BATCH) {
+    Ok(awaited)
+}
+
+/// UNSUBSCRIBE the channels of `gone` that nobody awaits again by now.
+async fn unsubscribe(
+    sink: &mut PubSubSink,
+    waiters: &Waiters,
+    subscribed: &mut HashSet<String>,
+    gone: &mut HashSet<String>,
+) -> Result<(), redis::RedisError> {
+    let ids: Vec<String> = gone.drain().filter(|id| !waiters.contains(id)).collect();
+    for chunk in ids.chunks(BATCH) {
         let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
         sink.unsubscribe(&keys).await?;
         for id in chunk {
-            subscribed.remove(*id);
-        }
-    }
-    for chunk in awaited.chunks(BATCH) {
-        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
-        for (id, value) in chunk.iter().zip(values) {
-            if let Some(bytes) = value {
-                wake(waiters, id, &bytes);
-            }
+            subscribed.remove(id);
         }
     }
     Ok(())
+}
+
+/// MGET the keys of `ids` (in batches).
+async fn read(mut conn: ConnectionManager, ids: Vec<String>) -> Read {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|id| task_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        out.extend(chunk.iter().cloned().zip(values));
+    }
+    Ok(out)
 }
 
 fn deliver(waiters: &Waiters, msg: &redis::Msg) {

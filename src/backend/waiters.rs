@@ -37,18 +37,30 @@ impl Waiters {
         task_id: &str,
         on_last_leave: Option<mpsc::UnboundedSender<String>>,
     ) -> Waiter {
+        self.join_first(task_id, on_last_leave).0
+    }
+
+    /// [`Waiters::join`], and whether the waiter is the first of its task id (the id was
+    /// not awaited until now), decided under the same lock as the join.
+    pub(crate) fn join_first(
+        self: &Arc<Self>,
+        task_id: &str,
+        on_last_leave: Option<mpsc::UnboundedSender<String>>,
+    ) -> (Waiter, bool) {
         let mut slots = self.slots();
         let slot = slots.entry(task_id.to_owned()).or_insert_with(|| Slot {
             tx: watch::Sender::new(None),
             count: 0,
         });
         slot.count += 1;
-        Waiter {
+        let first = slot.count == 1;
+        let waiter = Waiter {
             waiters: self.clone(),
             task_id: task_id.to_owned(),
             rx: slot.tx.subscribe(),
             on_last_leave,
-        }
+        };
+        (waiter, first)
     }
 
     /// Wake every waiter of `meta`'s task with it (`task_id` is the id it was awaited by).

@@ -31,7 +31,11 @@
 //! ```
 //!
 //! Results are pushed: the Redis backend shares one subscription among every awaited
-//! result; with `rpc://` one consumer on the client's reply queue serves them all.
+//! result; with `rpc://` one consumer on the client's reply queue serves them all. As
+//! Celery's client does, a send subscribes to the result's channel as the message goes out
+//! (unless the result is ignored), so `get` then waits without a round trip of its own: one
+//! call is the publish, a SUBSCRIBE alongside it and one read of the key once subscribed
+//! (for a result stored before the subscription took hold); unsubscribing is batched.
 //!
 //! For a Rust task, the call stub `#[task]` writes beside the function checks the arguments
 //! at compile time and types the result: `client.send(&add::new(2, 3))` (see
@@ -239,6 +243,13 @@ impl Client {
     ) -> Result<AsyncResult, ClientError> {
         let (msg, exchange, routing_key) = self.build_message(name, args, kwargs, opts);
         let raw = protocol::encode(&msg)?;
+        // Like Celery's `on_task_call`, listen for the result before the message goes out
+        // (unless it is ignored): the subscription travels alongside the message.
+        let expected = if opts.ignore_result == Some(true) {
+            None
+        } else {
+            self.inner.backend.expect(&msg.headers.id)
+        };
         let queue = self.queue_of(opts);
         let (raw, exchange, routing_key, queue) = (&raw, &exchange, &routing_key, &queue);
         self.publish_policy(opts)
@@ -258,7 +269,7 @@ impl Client {
                     .await
             })
             .await?;
-        Ok(self.result(&msg.headers.id))
+        Ok(self.result(&msg.headers.id).expected(expected))
     }
 
     /// The retry policy of one send: the call's, else the client's (Celery's

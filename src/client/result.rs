@@ -1,11 +1,12 @@
 //! A sent task's result, awaited through the backend (pushed, not polled).
 
 use super::control::{Control, ControlError};
-use crate::backend::{AnyBackend, BackendError};
+use crate::backend::{AnyBackend, BackendError, Expectation};
 use crate::protocol::{ExceptionInfo, ResultMeta, TaskState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a task failed, as the worker stored it (Celery's exception fields).
@@ -88,6 +89,9 @@ pub struct AsyncResult<R = Value> {
     id: String,
     backend: AnyBackend,
     control: Control,
+    /// Set when the backend listened for the result from before the task was sent: then
+    /// [`AsyncResult::get`] needs no read of its own first.
+    expected: Option<Arc<Expectation>>,
     // The result is not owned here: `fn() -> R` keeps the handle `Send + Sync + Clone`.
     result: PhantomData<fn() -> R>,
 }
@@ -98,8 +102,15 @@ impl AsyncResult<Value> {
             id,
             backend,
             control,
+            expected: None,
             result: PhantomData,
         }
+    }
+
+    /// The result of a task whose result the backend listens for since before it was sent.
+    pub(crate) fn expected(mut self, expected: Option<Expectation>) -> AsyncResult<Value> {
+        self.expected = expected.map(Arc::new);
+        self
     }
 }
 
@@ -109,6 +120,7 @@ impl<R> Clone for AsyncResult<R> {
             id: self.id.clone(),
             backend: self.backend.clone(),
             control: self.control.clone(),
+            expected: self.expected.clone(),
             result: PhantomData,
         }
     }
@@ -136,6 +148,7 @@ impl<R> AsyncResult<R> {
             id: self.id.clone(),
             backend: self.backend.clone(),
             control: self.control.clone(),
+            expected: self.expected.clone(),
             result: PhantomData,
         }
     }
@@ -162,18 +175,29 @@ impl<R> AsyncResult<R> {
     where
         R: DeserializeOwned,
     {
-        if let Some(done) = self.poll().await? {
+        // Listened for since before it was sent: what is stored arrives by itself (pushed, or
+        // read once the subscription was confirmed), so no read is sent first.
+        if self.expected.is_none()
+            && let Some(done) = self.poll().await?
+        {
             return done;
         }
-        let meta =
-            self.backend
-                .wait(&self.id, timeout)
-                .await?
-                .ok_or_else(|| ResultError::Timeout {
+        match self.backend.wait(&self.id, timeout).await? {
+            Some(meta) => self.outcome(meta),
+            None => {
+                // A zero (or short) timeout may pass before the read of an expected result
+                // came back: what is already stored is still returned.
+                if self.expected.is_some()
+                    && let Some(done) = self.poll().await?
+                {
+                    return done;
+                }
+                Err(ResultError::Timeout {
                     id: self.id.clone(),
                     after: timeout,
-                })?;
-        self.outcome(meta)
+                })
+            }
+        }
     }
 
     /// The outcome if the task has finished (`None` while it has not), without waiting.

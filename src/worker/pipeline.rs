@@ -10,8 +10,10 @@
 //!    ready queue). A held message whose turn has come runs through this pipeline again
 //!    from the top, with its slot, so 3 is checked again at run time (it may have expired
 //!    or been revoked while it waited). Then the early ack (Celery's default) unless
-//!    acks-late (a failed early ack leaves the message to the broker, which delivers it
-//!    again: it is not run);
+//!    acks-late: handed to the broker connection before the task starts, its reply awaited
+//!    only after the outcome is stored, so the ack's round trip does not delay the result (a
+//!    failed early ack leaves the message to the broker, which delivers it again, as with
+//!    Celery's prefork pool);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
@@ -157,17 +159,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     };
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
-    let late = if acks_late {
-        Some(delivery)
+    let (late, early_ack) = if acks_late {
+        (Some(delivery), None)
     } else {
-        // Celery's default: ack before running. If the ack fails (the connection is gone)
-        // the broker still owns the message and will deliver it again, so it must not run
-        // here too (Celery drops such reserved messages on connection loss as well).
-        if let Err(err) = delivery.ack().await {
-            tracing::warn!(error = %err, task = %name, id = %id, "could not acknowledge the message; leaving it to the broker to deliver again");
-            return;
-        }
-        None
+        // Celery's default: ack before running. The ack is sent now, but the task does not
+        // wait for the broker's reply (nor does Celery's prefork pool, whose parent acks
+        // while the child runs): the reply is awaited once the outcome is stored.
+        (None, Some(EarlyAck::send(delivery).await))
     };
 
     // The message's limits win over the task's, which win over the worker's.
@@ -231,6 +229,38 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             Late::Ack => delivery.ack().await,
             Late::Requeue => delivery.requeue().await,
         });
+    }
+    if let Some(ack) = early_ack
+        && let Err(err) = ack.settled().await
+    {
+        tracing::warn!(error = %err, task = %name, id = %id, "could not acknowledge the message before running it; the broker will deliver it again");
+    }
+}
+
+/// An early ack on its way: sent (its first poll hands the command to the connection),
+/// then left to finish on its own while the task runs.
+enum EarlyAck {
+    Done(Result<(), crate::broker::BrokerError>),
+    Pending(tokio::task::JoinHandle<Result<(), crate::broker::BrokerError>>),
+}
+
+impl EarlyAck {
+    async fn send(delivery: Delivery) -> Self {
+        let mut ack = Box::pin(delivery.ack());
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx)));
+        match first.await {
+            std::task::Poll::Ready(done) => Self::Done(done),
+            // Spawned, so it makes progress even where the broker needs it polled.
+            std::task::Poll::Pending => Self::Pending(tokio::spawn(ack)),
+        }
+    }
+
+    async fn settled(self) -> Result<(), crate::broker::BrokerError> {
+        match self {
+            Self::Done(done) => done,
+            // A join error means the runtime is shutting down under it.
+            Self::Pending(handle) => handle.await.unwrap_or(Ok(())),
+        }
     }
 }
 
