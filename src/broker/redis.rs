@@ -1214,9 +1214,10 @@ async fn fetch_loop(
                 permits.truncate(messages);
                 let deliveries = deliver_batch(&broker, &tx, batch, received_at, permits);
                 // A full batch says the queues are deep: take the next one while this one is
-                // handed out (decoding it overlaps the round trip).
+                // handed out (decoding it overlaps the round trip), if enough slots are free
+                // for it to be worth a round trip (else `acquire_slots` waits for them).
                 let mut next = Vec::new();
-                if full && !*stop.borrow() && !tx.is_closed() {
+                if full && slots.available_permits() >= low && !*stop.borrow() && !tx.is_closed() {
                     more_slots(&slots, &mut next);
                 }
                 if next.is_empty() {
