@@ -275,7 +275,7 @@ async fn a_stored_state_costs_one_round_trip_and_success_stays_final() -> Result
     let backend = AnyBackend::connect(Some(&proxy.url()), BackendOptions::default()).await?;
     // The first store may load the script.
     backend
-        .store(&ResultMeta::success(&new_id(), json!(0)))
+        .store(&ResultMeta::success(new_id(), json!(0)))
         .await?;
 
     let id = new_id();
