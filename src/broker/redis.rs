@@ -199,7 +199,10 @@ impl RedisBroker {
         let info = ConnectionAddr::Tcp(url.host.clone(), url.port)
             .into_connection_info()
             .map_err(connect_err)?
-            .set_redis_settings(settings);
+            .set_redis_settings(settings)
+            // TCP_NODELAY, as redis-py sets it: with Nagle's algorithm an early ack written
+            // while the fetcher's take is unanswered waited for that reply (milliseconds).
+            .set_tcp_settings(::redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = ::redis::Client::open(info).map_err(connect_err)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
