@@ -14,7 +14,7 @@
 //!   widens the window by one ([`Delivery::release_prefetch`](super::Delivery::release_prefetch)).
 //!   Early or late ack is the worker's choice; `requeue` and `restore` are
 //!   `basic.reject(requeue=true)`. Settlements go through the channel's ack tracker
-//!   ([`acks`]): a run of acks from the lowest outstanding tag is one
+//!   (`acks.rs`): a run of acks from the lowest outstanding tag is one
 //!   `basic.ack(multiple=true)`, and one in flight holds the others back by at most a few
 //!   milliseconds.
 //! * **Publishing** (retries, results, dead letters) goes through one confirm-mode channel
