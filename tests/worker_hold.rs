@@ -21,11 +21,13 @@ const REDIS: &str = "redis://127.0.0.1:6379/13";
 /// How long any single wait may take before the test fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(120);
 
-/// What ran, by test key, in the order the tasks started: `(index, group, started at)`.
-static RAN: LazyLock<Mutex<HashMap<String, Vec<(u64, u64, DateTime<Utc>)>>>> =
-    LazyLock::new(Default::default);
+/// One start of a task: `(index, group, started at)`.
+type Run = (u64, u64, DateTime<Utc>);
 
-fn ran(key: &str) -> Vec<(u64, u64, DateTime<Utc>)> {
+/// What ran, by test key, in the order the tasks started.
+static RAN: LazyLock<Mutex<HashMap<String, Vec<Run>>>> = LazyLock::new(Default::default);
+
+fn ran(key: &str) -> Vec<Run> {
     RAN.lock().unwrap().get(key).cloned().unwrap_or_default()
 }
 
