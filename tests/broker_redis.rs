@@ -1052,3 +1052,51 @@ async fn take_records_the_envelopes_own_tag_whatever_its_layout() {
     assert_eq!(h.unacked_len().await, 0, "nothing left behind");
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_parked_delivery_dead_lettered_later_still_carries_its_envelope() {
+    // Parking drops the envelope the acker keeps for a dead-letter entry (held messages
+    // are many); dead-lettering afterwards reads it back from kombu's `unacked` hash.
+    let h = setup().await;
+    let mut conn = conn_of(&h);
+    h.any()
+        .publish(&sample("parked", None), "", "celery")
+        .await
+        .unwrap();
+    let mut c = h.any().consume(&["celery".to_string()], 1).await.unwrap();
+    let d = recv(&mut c).await;
+    let tag = d.delivery_tag().to_string();
+    let recorded: Vec<u8> = redis::cmd("HGET")
+        .arg("unacked")
+        .arg(&tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let recorded: Value = serde_json::from_slice(&recorded).unwrap();
+    let (message, parked) = d.park();
+    parked
+        .unpark(message)
+        .dead_letter("a reason given after parking")
+        .await
+        .unwrap();
+
+    let dead = lrange(&mut conn, "celeriac.dead_letter").await;
+    assert_eq!(dead.len(), 1);
+    let entry: Value = serde_json::from_slice(&dead[0]).unwrap();
+    assert_eq!(entry["reason"], "a reason given after parking");
+    assert_eq!(entry["queue"], "celery");
+    let envelope: Value = serde_json::from_str(entry["envelope"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        envelope, recorded[0],
+        "the envelope kombu recorded for the tag"
+    );
+    assert_eq!(tag_of(entry["envelope"].as_str().unwrap().as_bytes()), tag);
+    let left: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg("unacked")
+        .arg(&tag)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_none(), "settled: no longer in unacked");
+    c.close().await.unwrap();
+}

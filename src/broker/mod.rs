@@ -656,9 +656,13 @@ impl Delivery {
     /// tag and prefetch accounting). [`ParkedDelivery::unpark`] puts the two back together.
     pub fn park(mut self) -> (RawMessage, ParkedDelivery) {
         let message = std::mem::take(&mut self.message);
+        let mut acker = self.acker.take();
+        if let Some(Acker::Redis(redis)) = &mut acker {
+            redis.park();
+        }
         let parked = ParkedDelivery {
             tag: ParkedTag::new(std::mem::take(&mut self.tag)),
-            acker: self.acker.take(),
+            acker,
             _permit: self._permit.take(),
             _widened: self._widened.take(),
         };

@@ -1041,9 +1041,38 @@ impl RedisAcker {
         self.broker.restore_by_tag(tag, leftmost).await.map(|_| ())
     }
 
+    /// Forget the envelope kept for a dead-letter entry: a held (parked) message was read
+    /// already, and ~1 KB per message adds up when thousands are held. Should it be
+    /// dead-lettered after all, the envelope is read back from `unacked`.
+    pub(crate) fn park(&mut self) {
+        self.envelope = Vec::new();
+    }
+
+    /// The envelope kombu recorded under `tag` in `unacked` (`[envelope, exchange,
+    /// routing_key]`), as Python's json writes it; empty when it is not there.
+    async fn recorded_envelope(&self, tag: &str) -> Vec<u8> {
+        let raw: Option<Vec<u8>> = ::redis::cmd("HGET")
+            .arg(UNACKED)
+            .arg(tag)
+            .query_async(&mut self.broker.conn())
+            .await
+            .unwrap_or(None);
+        raw.and_then(|r| serde_json::from_slice::<Value>(&r).ok())
+            .and_then(|v| v.get(0).cloned())
+            .map(|m| to_python_json(&m).into_bytes())
+            .unwrap_or_default()
+    }
+
     pub(crate) async fn dead_letter(&self, tag: &str, reason: &str) -> Result<(), BrokerError> {
         tracing::error!(queue = %self.queue, delivery_tag = %tag, %reason, "message moved to {DEAD_LETTER_KEY}");
-        let entry = dead_letter_entry(reason, &self.queue, self.received_at, &self.envelope);
+        let recorded;
+        let envelope = if self.envelope.is_empty() {
+            recorded = self.recorded_envelope(tag).await;
+            &recorded
+        } else {
+            &self.envelope
+        };
+        let entry = dead_letter_entry(reason, &self.queue, self.received_at, envelope);
         ::redis::pipe()
             .atomic()
             .lpush(DEAD_LETTER_KEY, entry)
