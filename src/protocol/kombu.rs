@@ -49,12 +49,14 @@ impl Formatter for PythonFormatter {
         w: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        if fragment.is_ascii() {
+        // Python escapes everything outside ' '..='~' (json.encoder's ESCAPE_ASCII), so DEL
+        // (0x7f) too, which serde_json leaves as it is.
+        if fragment.bytes().all(|b| b < 0x7f) {
             return w.write_all(fragment.as_bytes());
         }
         let mut units = [0u16; 2];
         for ch in fragment.chars() {
-            if ch.is_ascii() {
+            if ch < '\x7f' {
                 w.write_all(&[ch as u8])?;
             } else {
                 for unit in ch.encode_utf16(&mut units) {
@@ -869,6 +871,16 @@ fn saferepr_items(root: Item<'_>, maxlen: Option<usize>, maxlevels: usize) -> St
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn python_json_escapes_del_like_python() {
+        // json.dumps('a\x7fb\xe9') == '"a\\u007fb\\u00e9"'
+        assert_eq!(
+            to_python_json(&Value::from("a\u{7f}b\u{e9}")),
+            r#""a\u007fb\u00e9""#
+        );
+        assert_eq!(to_python_json(&Value::from("\u{7f}")), r#""\u007f""#);
+    }
 
     #[test]
     fn separators_and_order_match_python() {
