@@ -13,6 +13,7 @@
 //! expiry and revocation are checked at run time, as Celery's `execute_using_pool` does.
 
 use crate::broker::{Delivery, ParkedDelivery, canonical_uuid};
+use crate::protocol::headers::KNOWN_HEADERS;
 use crate::protocol::{DeliveryInfo, RawMessage};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
@@ -288,27 +289,14 @@ impl Hold {
 // names Celery's headers and properties use, and a few common values, are one byte.
 // ---------------------------------------------------------------------------------------
 
-/// Strings written as their index here.
-const COMMON: &[&str] = &[
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
+/// Strings written as their index here: the header names Celery's protocol 2 defines, then
+/// kombu's property names and a few common values. The order is only an in-memory format
+/// (a packed message never leaves the process), so the list may grow freely.
+const COMMON: [&str; KNOWN_HEADERS.len() + MORE_COMMON.len()] =
+    concat_strs(KNOWN_HEADERS, MORE_COMMON);
+
+/// Common strings other than the header names.
+const MORE_COMMON: [&str; 16] = [
     "correlation_id",
     "reply_to",
     "delivery_mode",
@@ -326,6 +314,25 @@ const COMMON: &[&str] = &[
     "celery",
     "",
 ];
+
+/// `a` followed by `b`, at compile time.
+const fn concat_strs<const A: usize, const B: usize, const C: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; C] {
+    assert!(A + B == C);
+    let mut out = [""; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
