@@ -906,6 +906,9 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
     if args.rtt_only:
         run_round_trips(bench, broker, plan, args, report, *rtt_only_workers(broker, args))
         return
+    if args.soak_only:
+        run_soak(bench, broker, args, report, soak_only_worker(args))
+        return
     if args.smoke:
         celeriac = celeriac_configs()[0]
         celery = Worker("celery", "-P threads -c 4 --prefetch-multiplier 4",
@@ -947,12 +950,8 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
 
     run_round_trips(bench, broker, plan, args, report, celeriac, celery, raws)
 
-    if args.soak and isinstance(broker, RedisBroker):
-        log(f"soak: {args.soak:,} tasks through Celeriac ({celeriac.label}), RSS every second")
-        samples = bench.soak(broker, celeriac, args.soak)
-        report["soak"] = {"broker": name, "label": celeriac.label, "samples": samples}
-        log("  RSS " + ", ".join(f"{rss / 1024:.1f} MB after {done:,}"
-                                 for done, _, rss in soak_points(samples)))
+    if args.soak:
+        run_soak(bench, broker, args, report, celeriac)
 
     for rep in range(plan.repeats):
         for w in (celeriac.holding(plan.hold_n), celery.holding(plan.hold_n)):
@@ -960,6 +959,25 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
             h = bench.hold(broker, w, plan.hold_n)
             log(f"  RSS {h['rss_kb'] / 1024:.1f} MB (peak {h['hwm_kb'] / 1024:.1f} MB)")
             report["hold"].setdefault((name, w.kind), []).append(h)
+
+
+def run_soak(bench: Bench, broker, args, report: dict, celeriac: Worker) -> None:
+    """``--soak N``: N no-op tasks through Celeriac on Redis, its RSS sampled every second."""
+    if not isinstance(broker, RedisBroker):
+        return
+    log(f"soak: {args.soak:,} tasks through Celeriac ({celeriac.label}), RSS every second")
+    samples = bench.soak(broker, celeriac, args.soak)
+    report["soak"] = {"broker": broker.name, "label": celeriac.label, "samples": samples}
+    log("  RSS " + ", ".join(f"{rss / 1024:.1f} MB after {done:,}"
+                             for done, _, rss in soak_points(samples)))
+
+
+def soak_only_worker(args) -> Worker:
+    """The Celeriac of a ``--soak-only`` run (no sweep): ``--celeriac-args``, by default the
+    configuration the sweep chooses on Redis."""
+    if args.celeriac_args:
+        return Worker("celeriac", args.celeriac_args, {"args": args.celeriac_args.split()})
+    return celeriac_configs()[-1]
 
 
 def rtt_only_workers(broker, args) -> tuple[Worker, Worker, list[Worker]]:
@@ -1032,8 +1050,10 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
     w("")
     flags = "".join(f" {f}" for f, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                            ("--rtt-only", args.rtt_only),
+                                           ("--soak-only", args.soak_only),
                                            (f"--celeriac-args '{args.celeriac_args}'",
-                                            args.rtt_only and args.celeriac_args),
+                                            (args.rtt_only or args.soak_only)
+                                            and args.celeriac_args),
                                            (f"--soak {args.soak}", args.soak)) if on)
     w(f"Run {started:%Y-%m-%d %H:%M} UTC with `python3 benches/run.py{flags}` "
       f"({elapsed / 60:.1f} min, {plan.repeats} run(s) per measurement; medians, min–max in "
@@ -1363,7 +1383,12 @@ def main() -> int:
     p.add_argument("--soak", type=int, default=0, metavar="N",
                    help="also feed N tasks through Celeriac on Redis, sampling its RSS "
                    "(issue 6's 1,000,000-task memory check; ~4 min per million)")
+    p.add_argument("--soak-only", action="store_true",
+                   help="only the --soak run (default 1,000,000 tasks), on Redis; Celeriac "
+                   "runs with --celeriac-args (default: -c 64 --prefetch-multiplier 16)")
     args = p.parse_args()
+    if args.soak_only:
+        args.soak = args.soak or 1_000_000
     if args.calls is None:
         args.calls = 20 if args.smoke else 1000
     if args.smoke:
@@ -1371,7 +1396,8 @@ def main() -> int:
     brokers = (args.brokers or ("redis" if args.smoke else "redis,amqp")).split(",")
     plan = plan_for(args)
     out_path = Path(args.out) if args.out else (
-        None if (args.quick or args.smoke or args.rtt_only) else BENCHES / "RESULTS.md")
+        None if (args.quick or args.smoke or args.rtt_only or args.soak_only)
+        else BENCHES / "RESULTS.md")
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
