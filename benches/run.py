@@ -975,9 +975,13 @@ def run_soak(bench: Bench, broker, args, report: dict, celeriac: Worker) -> None
 def soak_only_worker(args) -> Worker:
     """The Celeriac of a ``--soak-only`` run (no sweep): ``--celeriac-args``, by default the
     configuration the sweep chooses on Redis."""
+    w = celeriac_configs()[-1]
     if args.celeriac_args:
-        return Worker("celeriac", args.celeriac_args, {"args": args.celeriac_args.split()})
-    return celeriac_configs()[-1]
+        w = Worker("celeriac", args.celeriac_args, {"args": args.celeriac_args.split()})
+    if args.celeriac_env:
+        env = dict(kv.split("=", 1) for kv in args.celeriac_env.split(",") if kv)
+        w = Worker("celeriac", f"{w.label} {args.celeriac_env}", {**w.opts, "env": env})
+    return w
 
 
 def rtt_only_workers(broker, args) -> tuple[Worker, Worker, list[Worker]]:
@@ -1386,6 +1390,9 @@ def main() -> int:
     p.add_argument("--soak-only", action="store_true",
                    help="only the --soak run (default 1,000,000 tasks), on Redis; Celeriac "
                    "runs with --celeriac-args (default: -c 64 --prefetch-multiplier 16)")
+    p.add_argument("--celeriac-env", default="", metavar="K=V,...",
+                   help="with --soak-only: environment for Celeriac's worker (e.g. "
+                   "GLIBC_TUNABLES=glibc.malloc.arena_max=1, to see the allocator's share)")
     args = p.parse_args()
     if args.soak_only:
         args.soak = args.soak or 1_000_000
