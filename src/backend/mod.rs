@@ -269,7 +269,10 @@ impl AnyBackend {
         reply: Option<&ReplyTo>,
     ) -> Result<(), BackendError> {
         match (self, reply) {
-            (Self::Rpc(b), Some(to)) => b.store(meta, to).await,
+            // Boxed: publishing on AMQP is a large future, and this one is awaited inside
+            // every worker pipeline, whose size (held once per prefetched message) it would
+            // otherwise set for every backend.
+            (Self::Rpc(b), Some(to)) => Box::pin(b.store(meta, to)).await,
             (Self::Rpc(_), None) => Ok(()),
             _ => self.store(meta).await,
         }
