@@ -1048,9 +1048,10 @@ impl RedisAcker {
         self.broker.restore_by_tag(tag, leftmost).await.map(|_| ())
     }
 
-    /// Forget the envelope kept for a dead-letter entry: a held (parked) message was read
-    /// already, and ~1 KB per message adds up when thousands are held. Should it be
-    /// dead-lettered after all, the envelope is read back from `unacked`.
+    /// Forget the envelope kept for a dead-letter entry once the envelope has been read:
+    /// ~1 KB per message adds up over a prefetch window or thousands of held messages.
+    /// Should the message be dead-lettered after all, the envelope is read back from
+    /// `unacked`.
     pub(crate) fn park(&mut self) {
         self.envelope = Vec::new();
     }
@@ -1328,7 +1329,7 @@ async fn deliver(
     permit: OwnedSemaphorePermit,
 ) {
     let decoded = decode_parts(&envelope);
-    let acker = RedisAcker {
+    let mut acker = RedisAcker {
         broker: broker.clone(),
         queue,
         envelope,
@@ -1347,6 +1348,10 @@ async fn deliver(
                 // bookkeeping is under the script's tag, so that one settles it.
                 tracing::warn!(delivery_tag = %tag, parsed = ?parsed, "envelope's delivery tag read differently here; using the recorded one");
             }
+            // Read: the copy kept for a dead-letter entry (~1 KB) need not live as long as
+            // the delivery; should the pipeline dead-letter the message after all (its body
+            // does not decode), the envelope is read back from `unacked`.
+            acker.park();
             let delivery = Delivery::new(message, tag, Acker::Redis(acker), Some(permit));
             if let Err(mpsc::error::SendError(Ok(d))) = tx.send(Ok(delivery)).await {
                 // The consumer is gone: hand the message straight back.
