@@ -57,6 +57,8 @@ struct Sent {
     turn: usize,
     name: String,
     arg: String,
+    /// Every argument after the name.
+    args: Vec<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,7 @@ async fn link(
                             conn,
                             turn,
                             arg: args.get(1).cloned().unwrap_or_default(),
+                            args: args.get(1..).unwrap_or_default().to_vec(),
                             name,
                         });
                     }
@@ -531,6 +534,71 @@ async fn a_call_subscribes_as_it_sends_and_reads_once() -> Result<()> {
     for key in &keys {
         redis::cmd("DEL")
             .arg(key)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    stop.notify_one();
+    worker.await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_message_costs_one_take() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let proxy = Proxy::start().await;
+    let queue = format!("rtt-{}", new_id());
+    let (worker, stop) = start_worker(proxy.url(), &queue).await?;
+    let client = Client::connect(ClientConfig {
+        broker_url: direct_url(),
+        result_backend: Some(direct_url()),
+        ..ClientConfig::default()
+    })
+    .await?;
+    let opts = SendOptions::new().queue(queue.clone());
+    let first = client
+        .send_task("rtt.add", vec![json!(1), json!(1)], Map::new(), &opts)
+        .await?;
+    ensure!(first.get(Duration::from_secs(30)).await? == json!(2));
+
+    proxy.clear();
+    let calls = 5;
+    let mut ids = vec![first.id().to_owned()];
+    for i in 0..calls {
+        let result = client
+            .send_task("rtt.add", vec![json!(i), json!(3)], Map::new(), &opts)
+            .await?;
+        ensure!(result.get(Duration::from_secs(30)).await? == json!(i + 3));
+        ids.push(result.id().to_owned());
+    }
+    // Let the worker settle (acks, waiters blocking again) before counting.
+    sleep(Duration::from_millis(300)).await;
+    let sent = proxy.sent();
+    // The take script names kombu's `unacked_index` and this queue's list among its keys.
+    let takes = sent
+        .iter()
+        .filter(|s| {
+            s.name == "EVALSHA"
+                && s.args.iter().any(|a| a == "unacked_index")
+                && s.args.iter().any(|a| a == &queue)
+        })
+        .count();
+    // One take per message: it took fewer than it could, so the lists were empty and the
+    // waiters block at once (before: a second, empty take after every delivery).
+    ensure!(takes == calls, "{takes} takes for {calls} calls: {sent:#?}");
+    // Each call woke the waiter of the queue's list once, and it blocked again.
+    let blocks = sent
+        .iter()
+        .filter(|s| s.name == "BLMOVE" && s.arg == queue)
+        .count();
+    ensure!(
+        blocks == calls,
+        "{blocks} BLMOVEs for {calls} calls: {sent:#?}"
+    );
+
+    let mut conn = raw().await;
+    for id in &ids {
+        redis::cmd("DEL")
+            .arg(format!("celery-task-meta-{id}"))
             .query_async::<()>(&mut conn)
             .await?;
     }

@@ -48,9 +48,11 @@
 //! unchanged, but it blocks like BRPOP until an element is there. The first waiter to return
 //! wakes the fetcher, which runs the take script again. A waiter only blocks again after the
 //! fetcher has looked and found nothing (a generation counter), so a message that sits in a
-//! list while the consumer is full does not spin the waiters. Other clients blocked on the
-//! same list (a Python worker's BRPOP) are still served: the element is still there after
-//! the BLMOVE.
+//! list while the consumer is full does not spin the waiters. A take that took fewer
+//! messages than it asked for has found every list empty, so the waiters are armed right
+//! after it: no second, empty take per delivery (a lone message costs one take). Other
+//! clients blocked on the same list (a Python worker's BRPOP) are still served: the element
+//! is still there after the BLMOVE.
 //!
 //! # Prefetch
 //!
@@ -1196,12 +1198,27 @@ async fn fetch_loop(
     let low = (window / 4).clamp(1, TAKE_MAX);
     let mut generation = 0u64;
     let mut error_reported = false;
+    // The last take found every list empty (it took fewer messages than it could): block
+    // in the waiters before taking again, rather than spend a take to learn it once more.
+    let mut drained = false;
     // A batch taken while the previous one was being handed out.
     let mut ahead: Option<(
         Vec<OwnedSemaphorePermit>,
         Result<(Vec<Taken>, f64), BrokerError>,
     )> = None;
     loop {
+        if drained && ahead.is_none() {
+            drained = false;
+            // Wake the waiters; a message pushed since the take makes BLMOVE return at once.
+            generation += 1;
+            arm.send_replace(generation);
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(WAKE_FALLBACK) => {}
+            }
+        }
         let (mut permits, taken) = match ahead.take() {
             Some(batch) => batch,
             None => {
@@ -1219,18 +1236,13 @@ async fn fetch_loop(
         match taken {
             Ok((batch, _)) if batch.is_empty() => {
                 drop(permits);
-                generation += 1;
-                arm.send_replace(generation);
-                tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(WAKE_FALLBACK) => {}
-                }
+                drained = true;
             }
             Ok((batch, received_at)) => {
                 error_reported = false;
                 let full = batch.len() == permits.len();
+                // The script stops early only when every list is empty.
+                drained = !full;
                 for item in &batch {
                     match item {
                         Taken::Message { queue, .. } | Taken::DeadLettered { queue, .. } => {
