@@ -1258,10 +1258,7 @@ async fn fetch_loop(
     // in the waiters before taking again, rather than spend a take to learn it once more.
     let mut drained = false;
     // A batch taken while the previous one was being handed out.
-    let mut ahead: Option<(
-        Vec<OwnedSemaphorePermit>,
-        Result<(Vec<Taken>, f64), BrokerError>,
-    )> = None;
+    let mut ahead: Option<Leased> = None;
     loop {
         if drained && ahead.is_none() {
             drained = false;
