@@ -57,6 +57,8 @@ struct Sent {
     turn: usize,
     name: String,
     arg: String,
+    /// Every argument after the name.
+    args: Vec<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,7 @@ async fn link(
                             conn,
                             turn,
                             arg: args.get(1).cloned().unwrap_or_default(),
+                            args: args.get(1..).unwrap_or_default().to_vec(),
                             name,
                         });
                     }
@@ -536,5 +539,143 @@ async fn a_call_subscribes_as_it_sends_and_reads_once() -> Result<()> {
     }
     stop.notify_one();
     worker.await?;
+    Ok(())
+}
+
+/// A lone message costs the worker one turn on the broker before its task runs: the take
+/// script travels behind the BLMOVE that waits for the message, so Redis runs it as the
+/// message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_message_costs_one_take() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let proxy = Proxy::start().await;
+    let queue = format!("rtt-{}", new_id());
+    let (worker, stop) = start_worker(proxy.url(), &queue).await?;
+    let client = Client::connect(ClientConfig {
+        broker_url: direct_url(),
+        result_backend: Some(direct_url()),
+        ..ClientConfig::default()
+    })
+    .await?;
+    let opts = SendOptions::new().queue(queue.clone());
+    let first = client
+        .send_task("rtt.add", vec![json!(1), json!(1)], Map::new(), &opts)
+        .await?;
+    ensure!(first.get(Duration::from_secs(30)).await? == json!(2));
+    // Let the worker block again for the next message before counting.
+    sleep(Duration::from_millis(300)).await;
+
+    proxy.clear();
+    let calls = 5;
+    let mut ids = vec![first.id().to_owned()];
+    for i in 0..calls {
+        let result = client
+            .send_task("rtt.add", vec![json!(i), json!(3)], Map::new(), &opts)
+            .await?;
+        ensure!(result.get(Duration::from_secs(30)).await? == json!(i + 3));
+        ids.push(result.id().to_owned());
+    }
+    // Let the worker settle (acks, waiters blocking again) before counting.
+    sleep(Duration::from_millis(300)).await;
+    let sent = proxy.sent();
+    // The take script names kombu's `unacked_index` and this queue's list among its keys.
+    let takes: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| {
+            s.name == "EVALSHA"
+                && s.args.iter().any(|a| a == "unacked_index")
+                && s.args.iter().any(|a| a == &queue)
+        })
+        .collect();
+    // One take per message: it took fewer than it could, so the lists were empty and the
+    // waiters block at once (before: a second, empty take after every delivery). Each
+    // message's take was sent before the message, behind the BLMOVE that waits for it.
+    ensure!(
+        takes.len() == calls,
+        "{} takes for {calls} calls: {sent:#?}",
+        takes.len()
+    );
+    // The BLMOVEs on the queue's own list (those of its priority lists block throughout).
+    let blocks: Vec<(usize, usize)> = sent
+        .iter()
+        .filter(|s| s.name == "BLMOVE" && s.arg == queue)
+        .map(|s| (s.conn, s.turn))
+        .collect();
+    ensure!(blocks.len() == calls, "{sent:#?}");
+    for take in &takes {
+        ensure!(
+            blocks.contains(&(take.conn, take.turn)),
+            "a take not pipelined behind a BLMOVE: {sent:#?}"
+        );
+    }
+
+    let mut conn = raw().await;
+    for id in &ids {
+        redis::cmd("DEL")
+            .arg(format!("celery-task-meta-{id}"))
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    stop.notify_one();
+    worker.await?;
+    Ok(())
+}
+
+/// While the leader waits (BLMOVE with the take behind it), a message on another list (a
+/// priority step) cuts its wait short with `CLIENT UNBLOCK`: it is delivered at once, not
+/// when the BLMOVE times out (10 s). Closing the idle consumer cuts it short too, and leaves
+/// nothing of this queue in kombu's `unacked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_another_list_cuts_the_leaders_wait_short() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let proxy = Proxy::start().await;
+    let queue = format!("rtt-{}", new_id());
+    let broker = celeriac::broker::AnyBroker::connect(&proxy.url(), Default::default()).await?;
+    let mut consumer = broker.consume(std::slice::from_ref(&queue), 4).await?;
+    // The leader is blocked.
+    sleep(Duration::from_millis(300)).await;
+    let client = Client::connect(ClientConfig {
+        broker_url: direct_url(),
+        result_backend: None,
+        ..ClientConfig::default()
+    })
+    .await?;
+    let mut tags = Vec::new();
+    for priority in [9, 0] {
+        let opts = SendOptions::new().queue(queue.clone()).priority(priority);
+        client
+            .send_task("rtt.add", vec![json!(1), json!(2)], Map::new(), &opts)
+            .await?;
+        let delivery = tokio::time::timeout(Duration::from_secs(3), consumer.next())
+            .await
+            .context("delivered before the leader's BLMOVE times out")??;
+        tags.push(delivery.delivery_tag().to_owned());
+        delivery.ack().await?;
+    }
+    ensure!(
+        proxy
+            .sent()
+            .iter()
+            .any(|s| s.name == "CLIENT" && s.arg.eq_ignore_ascii_case("UNBLOCK")),
+        "{:#?}",
+        proxy.sent()
+    );
+    sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(3), consumer.close())
+        .await
+        .context("close cuts the leader's wait short")??;
+    let mut conn = raw().await;
+    let held: Vec<String> = redis::cmd("HKEYS")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await?;
+    for tag in &tags {
+        ensure!(!held.contains(tag), "{tag} still unacked");
+    }
+    let left: usize = redis::cmd("LLEN")
+        .arg(&queue)
+        .query_async(&mut conn)
+        .await?;
+    ensure!(left == 0, "{left} left in the queue");
     Ok(())
 }

@@ -48,9 +48,21 @@
 //! unchanged, but it blocks like BRPOP until an element is there. The first waiter to return
 //! wakes the fetcher, which runs the take script again. A waiter only blocks again after the
 //! fetcher has looked and found nothing (a generation counter), so a message that sits in a
-//! list while the consumer is full does not spin the waiters. Other clients blocked on the
-//! same list (a Python worker's BRPOP) are still served: the element is still there after
-//! the BLMOVE.
+//! list while the consumer is full does not spin the waiters. A take that took fewer
+//! messages than it asked for has found every list empty, so the waiters are armed right
+//! after it: no second, empty take per delivery (a lone message costs one take). Other
+//! clients blocked on the same list (a Python worker's BRPOP) are still served: the element
+//! is still there after the BLMOVE.
+//!
+//! The waiter of the first queue's step-0 list (where messages without a priority go) is
+//! the *leader*: the take script travels pipelined behind its BLMOVE, with the free prefetch
+//! slots it may fill leased to it, so Redis runs the take the moment the BLMOVE unblocks and
+//! both replies come back together; a lone message is in hand one round trip after its
+//! LPUSH, as with kombu's BRPOP. The pipelined take reads the time from the server (it runs
+//! later than it is written). When another list's waiter wakes, or the consumer stops, the
+//! fetcher cuts the leader's BLMOVE short with `CLIENT UNBLOCK`: the take behind it runs at
+//! once, in kombu's order over every list, and its reply is always awaited and handed out
+//! (on close, restored), never dropped.
 //!
 //! # Prefetch
 //!
@@ -97,6 +109,9 @@ const SETTLE_ATTEMPTS: usize = 5;
 const BLOCK_SECS: u64 = 10;
 /// If no waiter wakes the fetcher (e.g. their connections are down) it looks again after this.
 const WAKE_FALLBACK: Duration = Duration::from_secs(30);
+/// How soon the fetcher asks again to cut the leader's BLMOVE short when it was not (yet)
+/// blocked (its pipeline still on the way).
+const UNBLOCK_RETRY: Duration = Duration::from_millis(1);
 /// Most messages one take script takes (one round trip).
 const TAKE_MAX: usize = 100;
 /// How long the fetcher waits for more free prefetch slots while the window is nearly full.
@@ -431,20 +446,52 @@ impl RedisBroker {
     async fn take(&self, cycle: &[String], max: usize) -> Result<(Vec<Taken>, f64), BrokerError> {
         let now = now_secs();
         let mut inv = TAKE.prepare_invoke();
-        inv.key(UNACKED).key(UNACKED_INDEX).key(DEAD_LETTER_KEY);
-        for step in PRIORITY_STEPS {
-            for q in cycle {
-                inv.key(queue_key(q, step));
-            }
-        }
-        inv.arg(py_float(now)).arg(max);
-        for q in cycle {
-            inv.arg(q.as_str());
-        }
+        take_args(&mut inv, cycle, max, &py_float(now));
         let reply: ::redis::Value = inv
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err("EVALSHA take"))?;
+        parse_take(reply, cycle).map(|taken| (taken, now))
+    }
+}
+
+/// The keys and arguments of the take script (see `redis/take.lua`); `now` empty: the
+/// server's clock.
+fn take_args(inv: &mut ::redis::ScriptInvocation<'_>, cycle: &[String], max: usize, now: &str) {
+    inv.key(UNACKED).key(UNACKED_INDEX).key(DEAD_LETTER_KEY);
+    for step in PRIORITY_STEPS {
+        for q in cycle {
+            inv.key(queue_key(q, step));
+        }
+    }
+    inv.arg(now).arg(max);
+    for q in cycle {
+        inv.arg(q.as_str());
+    }
+}
+
+/// The take script as a plain `EVALSHA` command (to pipeline it), the server's clock for
+/// its time.
+fn take_command(cycle: &[String], max: usize) -> ::redis::Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(TAKE.get_hash())
+        .arg(3 + PRIORITY_STEPS.len() * cycle.len());
+    cmd.arg(UNACKED).arg(UNACKED_INDEX).arg(DEAD_LETTER_KEY);
+    for step in PRIORITY_STEPS {
+        for q in cycle {
+            cmd.arg(queue_key(q, step));
+        }
+    }
+    cmd.arg("").arg(max);
+    for q in cycle {
+        cmd.arg(q.as_str());
+    }
+    cmd
+}
+
+/// The take script's reply: four items per message (see `redis/take.lua`).
+fn parse_take(reply: ::redis::Value, cycle: &[String]) -> Result<Vec<Taken>, BrokerError> {
+    {
         let unexpected = |detail: String| BrokerError::UnexpectedReply {
             command: "EVALSHA take",
             detail,
@@ -495,9 +542,11 @@ impl RedisBroker {
                 other => return Err(unexpected(format!("kind {other}"))),
             });
         }
-        Ok((taken, now))
+        Ok(taken)
     }
+}
 
+impl RedisBroker {
     /// kombu's `QoS.restore_visible`: under `unacked_mutex`, put every message taken more
     /// than `visibility_timeout` ago back at the front of its queue, redelivered flags set.
     /// Returns how many were restored (0 when another consumer holds the mutex).
@@ -1188,11 +1237,20 @@ async fn fetch_loop(
     let wake = Arc::new(Notify::new());
     let (arm, _) = watch::channel(0u64);
     let mut waiters = Waiters(Vec::new());
+    // The first queue's step-0 list (where messages without a priority go) is watched by the
+    // leader, which sends the take pipelined behind its BLMOVE; every other list by a plain
+    // waiter, whose wake-up cuts the leader's BLMOVE short so that its take runs at once.
+    let lead_key = queue_key(&cycle[0], 0);
+    let mut leader = Some(Leader::spawn(&broker, lead_key.clone(), &mut waiters));
     for step in PRIORITY_STEPS {
         for q in &cycle {
+            let key = queue_key(q, step);
+            if key == lead_key {
+                continue;
+            }
             let task = wait_loop(
                 broker.inner.client.clone(),
-                queue_key(q, step),
+                key,
                 arm.subscribe(),
                 wake.clone(),
             );
@@ -1204,12 +1262,48 @@ async fn fetch_loop(
     let low = (window / 4).clamp(1, TAKE_MAX);
     let mut generation = 0u64;
     let mut error_reported = false;
+    // The last take found every list empty (it took fewer messages than it could): block
+    // in the waiters before taking again, rather than spend a take to learn it once more.
+    let mut drained = false;
     // A batch taken while the previous one was being handed out.
-    let mut ahead: Option<(
-        Vec<OwnedSemaphorePermit>,
-        Result<(Vec<Taken>, f64), BrokerError>,
-    )> = None;
+    let mut ahead: Option<Leased> = None;
     loop {
+        if drained && ahead.is_none() {
+            drained = false;
+            // Wake the waiters; a message pushed since the take makes BLMOVE return at once.
+            generation += 1;
+            arm.send_replace(generation);
+            if let Some(lead) = leader.as_mut() {
+                // The leader's take needs the slots it may fill before it is sent.
+                let permits = tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => return,
+                    p = acquire_slots(&slots, low) => match p { Ok(p) => p, Err(_) => return },
+                };
+                let lease = Lease {
+                    permits,
+                    cycle: cycle.clone(),
+                };
+                match lead.take(&broker, lease, &wake, &mut stop).await {
+                    // Handed out below as any take is (also when stopping: `close` then
+                    // restores it from the channel).
+                    Some(leased) => ahead = Some(leased),
+                    None => {
+                        tracing::error!(
+                            "the redis leader waiter is gone; waking on the other lists only"
+                        );
+                        leader = None;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(WAKE_FALLBACK) => {}
+                }
+            }
+        }
         let (mut permits, taken) = match ahead.take() {
             Some(batch) => batch,
             None => {
@@ -1227,18 +1321,13 @@ async fn fetch_loop(
         match taken {
             Ok((batch, _)) if batch.is_empty() => {
                 drop(permits);
-                generation += 1;
-                arm.send_replace(generation);
-                tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(WAKE_FALLBACK) => {}
-                }
+                drained = true;
             }
             Ok((batch, received_at)) => {
                 error_reported = false;
                 let full = batch.len() == permits.len();
+                // The script stops early only when every list is empty.
+                drained = !full;
                 for item in &batch {
                     match item {
                         Taken::Message { queue, .. } | Taken::DeadLettered { queue, .. } => {
@@ -1284,6 +1373,196 @@ async fn fetch_loop(
                 }
             }
         }
+    }
+}
+
+/// What the fetcher hands the leader: the prefetch slots its take may fill (one message
+/// each) and the queue cycle to take in.
+struct Lease {
+    permits: Vec<OwnedSemaphorePermit>,
+    cycle: Vec<String>,
+}
+
+/// A take's slots and outcome (the messages and when they were taken).
+type Leased = (
+    Vec<OwnedSemaphorePermit>,
+    Result<(Vec<Taken>, f64), BrokerError>,
+);
+
+/// The waiter whose `BLMOVE` carries the take: it sends `BLMOVE key key RIGHT RIGHT <t>`
+/// and the take script together, so Redis runs the take the moment the BLMOVE unblocks,
+/// and both replies come back at once. A message pushed to an idle worker's queue is then
+/// in hand one round trip after the push (a plain waiter wakes the fetcher, which only
+/// then sends the take). The BLMOVE is a wait that leaves the list as it is; the take is
+/// the same atomic script as the fetcher's, recording each message in `unacked` as it pops
+/// it, so at every instant a message is in its list or in `unacked`. Its reply is never
+/// dropped while the consumer runs: the fetcher waits for it, also when stopping (it cuts
+/// the BLMOVE short with `CLIENT UNBLOCK`, the take runs, and what it took is handed out
+/// for `close` to restore).
+struct Leader {
+    leases: mpsc::Sender<Lease>,
+    results: mpsc::Receiver<Leased>,
+    /// `CLIENT ID` of the leader's connection (0 while it has none), for `CLIENT UNBLOCK`.
+    id: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Leader {
+    fn spawn(broker: &RedisBroker, key: String, waiters: &mut Waiters) -> Leader {
+        let (leases, leases_rx) = mpsc::channel(1);
+        let (results_tx, results) = mpsc::channel(1);
+        let id = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        waiters.0.push(tokio::spawn(lead_loop(
+            broker.inner.client.clone(),
+            key,
+            leases_rx,
+            results_tx,
+            id.clone(),
+        )));
+        Leader {
+            leases,
+            results,
+            id,
+        }
+    }
+
+    /// Lease the slots to the leader and wait for its take: until a message reaches its
+    /// list, the BLMOVE times out, or a plain waiter (another list) or a stop asks to cut
+    /// it short. `None` when the leader is gone.
+    async fn take(
+        &mut self,
+        broker: &RedisBroker,
+        lease: Lease,
+        wake: &Notify,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Leased> {
+        self.leases.send(lease).await.ok()?;
+        let mut cut = false;
+        let mut unblocked = false;
+        loop {
+            tokio::select! {
+                biased;
+                leased = self.results.recv() => return leased,
+                _ = stopped(stop), if !cut => cut = true,
+                _ = wake.notified(), if !cut => cut = true,
+                _ = tokio::time::sleep(UNBLOCK_RETRY), if cut && !unblocked => {}
+            }
+            if cut && !unblocked {
+                unblocked = self.unblock(broker).await;
+            }
+        }
+    }
+
+    /// `CLIENT UNBLOCK` the leader's BLMOVE (it returns as on a timeout, and the take behind
+    /// it runs). False when it was not blocked (yet): ask again. True as well when the
+    /// server refuses the command: the BLMOVE then ends on its timeout.
+    async fn unblock(&self, broker: &RedisBroker) -> bool {
+        let id = self.id.load(std::sync::atomic::Ordering::Acquire);
+        if id == 0 {
+            return false;
+        }
+        let unblocked: Result<i64, _> = ::redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(id)
+            .query_async(&mut broker.conn())
+            .await;
+        match unblocked {
+            Ok(n) => n == 1,
+            Err(e) => {
+                tracing::debug!(error = %e, "CLIENT UNBLOCK failed; the leader's BLMOVE ends on its timeout");
+                true
+            }
+        }
+    }
+}
+
+/// The leader's loop: for each lease, `BLMOVE` + take in one pipeline on its own connection.
+async fn lead_loop(
+    client: ::redis::Client,
+    key: String,
+    mut leases: mpsc::Receiver<Lease>,
+    results: mpsc::Sender<Leased>,
+    id: Arc<std::sync::atomic::AtomicI64>,
+) {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS + 10)));
+    let mut conn: Option<MultiplexedConnection> = None;
+    while let Some(lease) = leases.recv().await {
+        let taken = lead_once(&client, &config, &mut conn, &key, &lease, &id).await;
+        if taken.is_err() {
+            conn = None;
+            id.store(0, std::sync::atomic::Ordering::Release);
+        }
+        let taken = taken.map(|batch| (batch, now_secs()));
+        if results.send((lease.permits, taken)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn lead_once(
+    client: &::redis::Client,
+    config: &AsyncConnectionConfig,
+    conn: &mut Option<MultiplexedConnection>,
+    key: &str,
+    lease: &Lease,
+    id: &std::sync::atomic::AtomicI64,
+) -> Result<Vec<Taken>, BrokerError> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map_err(redis_err("connect (leader)"))?;
+            let client_id: i64 = ::redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut c)
+                .await
+                .map_err(redis_err("CLIENT ID"))?;
+            // Loaded first: a pipelined EVALSHA cannot load its script on NOSCRIPT.
+            TAKE.prepare_invoke()
+                .load_async(&mut c)
+                .await
+                .map_err(redis_err("SCRIPT LOAD take"))?;
+            id.store(client_id, std::sync::atomic::Ordering::Release);
+            conn.insert(c)
+        }
+    };
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("BLMOVE")
+        .arg(key)
+        .arg(key)
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(BLOCK_SECS)
+        .add_command(take_command(&lease.cycle, lease.permits.len()))
+        .ignore_errors();
+    let replies: Vec<::redis::Value> = pipe
+        .query_async(c)
+        .await
+        .map_err(redis_err("BLMOVE + EVALSHA take"))?;
+    match replies.into_iter().nth(1) {
+        Some(::redis::Value::ServerError(e))
+            if e.kind() == Some(::redis::ServerErrorKind::NoScript) =>
+        {
+            // The scripts were flushed: nothing was taken. Load it again; the next lease's
+            // BLMOVE returns at once if a message is there.
+            TAKE.prepare_invoke()
+                .load_async(c)
+                .await
+                .map_err(redis_err("SCRIPT LOAD take"))?;
+            Ok(Vec::new())
+        }
+        Some(::redis::Value::ServerError(e)) => Err(BrokerError::Redis {
+            command: "EVALSHA take",
+            source: e.into(),
+        }),
+        Some(reply) => parse_take(reply, &lease.cycle),
+        None => Err(BrokerError::UnexpectedReply {
+            command: "BLMOVE + EVALSHA take",
+            detail: "fewer than two replies".into(),
+        }),
     }
 }
 

@@ -206,7 +206,37 @@ impl Worker {
 
     /// Consumes until `shutdown` completes, then stops taking messages, hands back the ones
     /// it reserved, and waits for the running tasks to finish (Celery's warm shutdown).
+    ///
+    /// The consume loop runs as a task of its own on the runtime, not in the caller's
+    /// future: a binary's `block_on(worker.run(..))` polls that future on the main thread,
+    /// outside the runtime's worker threads, and every delivery would then cross threads
+    /// twice (fetcher -> main thread -> the spawned pipeline), a futex wake-up each. Dropping
+    /// the returned future stops the loop as before (its task is aborted).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), crate::Error> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut consuming = AbortOnDrop(tokio::spawn(self.consume(async move {
+            // A dropped sender (the caller's future dropped) also stops the loop.
+            let _ = stopped.await;
+        })));
+        tokio::pin!(shutdown);
+        let joined = tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                let _ = stop.send(());
+                (&mut consuming.0).await
+            }
+            joined = &mut consuming.0 => joined,
+        };
+        match joined {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Cancelled: the runtime is shutting down under the worker.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The consume loop of [`Worker::run`], until `shutdown` completes.
+    async fn consume(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), crate::Error> {
         let c = &self.config;
         let prefetch = c.concurrency.max(1) * c.prefetch_multiplier.max(1);
         let mut consumer = self.broker.consume(&c.queues, prefetch).await?;
@@ -283,6 +313,16 @@ impl Worker {
         drain(&mut running).await;
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Aborts the consume loop's task when [`Worker::run`]'s future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), crate::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        // A no-op once the loop has ended.
+        self.0.abort();
     }
 }
 

@@ -3,7 +3,9 @@
 -- KEYS[1] = unacked (HASH), KEYS[2] = unacked_index (ZSET), KEYS[3] = celeriac.dead_letter (LIST),
 -- KEYS[4..] = the list keys, priority step major: the Q queues of the cycle (in the order the
 --   caller's cycle had when it called) at step 0, then the same Q queues at step 3, 6 and 9.
--- ARGV[1] = now, unix seconds as a float string; ARGV[2] = N, the most messages to take;
+-- ARGV[1] = now, unix seconds as a float string, or '' for the server's clock (a take sent ahead,
+--   pipelined behind a blocking BLMOVE, runs later than it was written); ARGV[2] = N, the most
+--   messages to take;
 -- ARGV[3..] = the Q queue names, in the cycle's order (their count gives Q).
 --
 -- Messages are taken one after another exactly as a kombu consumer doing N BRPOPs would take
@@ -125,6 +127,10 @@ local function inspect(env)
 end
 
 local now = ARGV[1]
+if now == '' then
+  local t = redis.call('TIME')
+  now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local want = tonumber(ARGV[2])
 local nq = #ARGV - 2
 local nsteps = (#KEYS - 3) / nq
