@@ -228,37 +228,6 @@ async fn close_hands_back_what_was_not_given_out() {
 }
 
 #[tokio::test]
-async fn a_consumer_dropped_without_close_hands_back_what_it_buffered() {
-    let b = broker().await;
-    let q = unique("t-drop");
-    let mut c = b.consume(std::slice::from_ref(&q), 4).await.unwrap();
-    for i in 0..4 {
-        b.publish(&sample(&format!("m{i}"), None), "", &q)
-            .await
-            .unwrap();
-    }
-    let d = recv(&mut c).await;
-    assert_eq!(id_of(&d), "m0");
-    // Let RabbitMQ push the other three into the consumer's buffer, then drop it: the
-    // three are handed back at once, while the channel stays open for the one given out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(c);
-    wait_queue_len(&b, &q, 3).await;
-    d.ack().await.unwrap();
-    let mut c = b.consume(std::slice::from_ref(&q), 4).await.unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let d = recv(&mut c).await;
-        ids.push(id_of(&d));
-        d.ack().await.unwrap();
-    }
-    ids.sort();
-    assert_eq!(ids, ["m1", "m2", "m3"]);
-    assert_nothing(&mut c, Duration::from_millis(300)).await;
-    c.close().await.unwrap();
-}
-
-#[tokio::test]
 async fn dead_letters_are_kept_with_their_reason_and_the_original_is_settled() {
     let b = broker().await;
     let q = unique("t-dead");

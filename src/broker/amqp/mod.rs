@@ -45,7 +45,7 @@ use super::{
 };
 use crate::protocol::RawMessage;
 use fields::short;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -56,11 +56,11 @@ use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserIn
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
 
 /// The largest frame asked for (RabbitMQ's default is 128 KiB).
 const FRAME_MAX: u32 = 16 * 1024;
@@ -434,16 +434,19 @@ impl AmqpBroker {
         let window = PrefetchWindow::new(u16::try_from(prefetch).unwrap_or(u16::MAX), global);
         let counters = Arc::new(Counters::default());
         let session = Session::open(self, queues, &window, &counters).await?;
-        let deliveries = deliveries(&session);
-        Ok(AmqpConsumer {
-            broker: self.clone(),
-            queues: queues.to_vec(),
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fetcher = tokio::spawn(fetch(
+            self.clone(),
+            queues.to_vec(),
             window,
+            session,
+            tx,
+            counters.clone(),
+        ));
+        Ok(AmqpConsumer {
+            rx,
+            fetcher,
             counters,
-            state: std::sync::Mutex::new(State::Live {
-                session,
-                deliveries,
-            }),
         })
     }
 }
@@ -678,147 +681,138 @@ impl Session {
     }
 }
 
-/// Deliveries of a session's consumers, each with the name of the queue it came from (for
-/// dead letters).
-type Deliveries =
-    Pin<Box<dyn Stream<Item = (Arc<str>, lapin::Result<lapin::message::Delivery>)> + Send>>;
-
-/// A reconnection in progress: resolves with the new session once one is open.
-type Reconnecting = Pin<Box<dyn Future<Output = (Session, Deliveries)> + Send>>;
-
-fn deliveries(session: &Session) -> Deliveries {
-    Box::pin(futures_util::stream::select_all(
-        session.consumers.iter().map(|c| {
-            let queue: Arc<str> = c.queue().as_str().into();
-            c.clone().map(move |d| (queue.clone(), d))
-        }),
-    ))
-}
-
-/// Where a consumer stands.
-enum State {
-    /// Consuming on `session`.
-    Live {
-        session: Session,
-        deliveries: Deliveries,
-    },
-    /// The connection was lost (and reported); reconnecting with backoff.
-    Reconnecting(Reconnecting),
-    /// Closed, or being closed.
-    Closed,
-}
-
-/// Open a new session after a loss, retrying with backoff until one opens (dropping the
-/// future stops it).
-fn reconnect(
+/// The background fetcher: moves deliveries from RabbitMQ to the consumer's buffer, and
+/// reconnects when the connection is lost. Ends when the consumer is closed or dropped.
+async fn fetch(
     broker: AmqpBroker,
     queues: Vec<String>,
     window: Arc<PrefetchWindow>,
+    mut session: Session,
+    tx: mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
     counters: Arc<Counters>,
-) -> Reconnecting {
-    Box::pin(async move {
+) {
+    loop {
+        let lost = run_session(&broker, &session, &window, &tx).await;
+        let Some(err) = lost else {
+            return; // the consumer is gone
+        };
+        tracing::warn!(error = %err, "AMQP consumer lost its connection; reconnecting");
+        if tx.send(Err(err)).is_err() {
+            return;
+        }
         let mut backoff = Duration::from_millis(200);
-        loop {
-            tokio::time::sleep(backoff).await;
+        session = loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
             match Session::open(&broker, &queues, &window, &counters).await {
-                Ok(session) => {
+                Ok(s) => {
                     tracing::info!("AMQP consumer reconnected");
-                    let stream = deliveries(&session);
-                    return (session, stream);
+                    break s;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in = ?backoff, "AMQP reconnect failed");
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        }
-    })
+        };
+    }
 }
 
-/// Stop a session's consumers and hand back (`basic.reject(requeue=true)`) every delivery
-/// RabbitMQ sent that was not given out: those lapin still buffers, and those that arrive
-/// after the cancel was sent. The rejects are settled together (a run of them is one
-/// `basic.nack(multiple)`).
-async fn hand_back(session: Session, mut deliveries: Deliveries) {
+/// Forward deliveries until the connection is lost (`Some(error)`) or the consumer is
+/// closed (`None`; the consumers are then cancelled and whatever still arrives is handed
+/// back to RabbitMQ).
+async fn run_session(
+    broker: &AmqpBroker,
+    session: &Session,
+    window: &Arc<PrefetchWindow>,
+    tx: &mpsc::UnboundedSender<Result<Delivery, BrokerError>>,
+) -> Option<BrokerError> {
+    // Each delivery keeps the name of the queue it came from (for dead letters).
+    let mut streams = futures_util::stream::select_all(session.consumers.iter().map(|c| {
+        let queue: Arc<str> = c.queue().as_str().into();
+        c.clone().map(move |d| (queue.clone(), d))
+    }));
+    loop {
+        let item = tokio::select! {
+            () = tx.closed() => break,
+            item = streams.next() => item,
+        };
+        match item {
+            Some((queue, Ok(d))) => {
+                let message = fields::raw_message(
+                    d.data,
+                    &d.properties,
+                    d.exchange.as_str(),
+                    d.routing_key.as_str(),
+                    d.redelivered,
+                );
+                session.acks.delivered(d.delivery_tag);
+                let acker = AmqpAcker {
+                    broker: broker.clone(),
+                    acks: session.acks.clone(),
+                    tag: d.delivery_tag,
+                    queue,
+                    window: window.clone(),
+                    settled: AtomicBool::new(false),
+                };
+                let delivery = Delivery::new(
+                    message,
+                    d.delivery_tag.to_string(),
+                    Acker::Amqp(acker),
+                    None,
+                );
+                if let Err(unsent) = tx.send(Ok(delivery)) {
+                    // Closed between the check and the send: hand it back.
+                    if let Ok(d) = unsent.0 {
+                        let _ = d.restore().await;
+                    }
+                    break;
+                }
+            }
+            Some((_, Err(source))) => {
+                return Some(BrokerError::Amqp {
+                    op: "basic.deliver",
+                    source,
+                });
+            }
+            None => {
+                return Some(BrokerError::ConsumerCancelled);
+            }
+        }
+    }
+    // Closed: stop deliveries, then give back what arrives after the cancel was sent.
     for c in &session.consumers {
         let _ = session
             .channel
             .basic_cancel(c.tag(), BasicCancelOptions::default())
             .await;
     }
-    let mut rejects = Vec::new();
     while let Ok(Some((_, Ok(d)))) =
-        tokio::time::timeout(Duration::from_millis(50), deliveries.next()).await
+        tokio::time::timeout(Duration::from_millis(50), streams.next()).await
     {
         session.acks.delivered(d.delivery_tag);
-        rejects.push(
-            session
-                .acks
-                .settle(d.delivery_tag, Settle::Reject { requeue: true }),
-        );
+        let _ = session
+            .acks
+            .settle(d.delivery_tag, Settle::Reject { requeue: true })
+            .await;
     }
-    let _ = futures_util::future::join_all(rejects).await;
+    None
 }
 
-/// A stream of deliveries from RabbitMQ: the session's lapin consumers are polled by
-/// [`AmqpConsumer::next`] itself, so a delivery goes from lapin's buffer to the caller
-/// without a task or a channel in between.
+/// A stream of deliveries from RabbitMQ.
 pub struct AmqpConsumer {
-    broker: AmqpBroker,
-    queues: Vec<String>,
-    window: Arc<PrefetchWindow>,
+    rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+    fetcher: JoinHandle<()>,
     counters: Arc<Counters>,
-    /// Only ever reached through `&mut self` (`get_mut`, no locking): the mutex just keeps
-    /// the consumer `Sync`, as lapin's streams and futures are not.
-    state: std::sync::Mutex<State>,
 }
 
 impl AmqpConsumer {
     /// The next delivery (cancel-safe). A lost connection is reported once as an error;
-    /// calling `next` again reconnects (with backoff) and waits for the new consumer.
+    /// calling `next` again waits for the reconnected consumer.
     pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        loop {
-            let AmqpConsumer {
-                broker,
-                window,
-                state,
-                ..
-            } = self;
-            let state = state.get_mut().unwrap_or_else(|e| e.into_inner());
-            match state {
-                State::Closed => return Err(BrokerError::Closed),
-                State::Reconnecting(reconnecting) => {
-                    let (session, deliveries) = reconnecting.await;
-                    *state = State::Live {
-                        session,
-                        deliveries,
-                    };
-                }
-                State::Live {
-                    session,
-                    deliveries,
-                } => {
-                    let err = match deliveries.next().await {
-                        Some((queue, Ok(d))) => {
-                            return Ok(delivery(broker, session, window, queue, d));
-                        }
-                        Some((_, Err(source))) => BrokerError::Amqp {
-                            op: "basic.deliver",
-                            source,
-                        },
-                        None => BrokerError::ConsumerCancelled,
-                    };
-                    tracing::warn!(error = %err, "AMQP consumer lost its connection; reconnecting");
-                    *state = State::Reconnecting(reconnect(
-                        self.broker.clone(),
-                        self.queues.clone(),
-                        self.window.clone(),
-                        self.counters.clone(),
-                    ));
-                    return Err(err);
-                }
-            }
-        }
+        self.rx.recv().await.unwrap_or(Err(BrokerError::Closed))
     }
 
     /// How the deliveries of this consumer were settled so far: settlements and the
@@ -827,24 +821,24 @@ impl AmqpConsumer {
         self.counters.snapshot()
     }
 
-    fn take_state(&mut self) -> State {
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(state, State::Closed)
-    }
-
-    /// Stop consuming and hand every delivery RabbitMQ sent that was not given out back
-    /// to it (`basic.reject(requeue=true)`). Deliveries given out stay valid.
+    /// Stop consuming and hand every buffered, not yet given out delivery back to
+    /// RabbitMQ (`basic.reject(requeue=true)`). Deliveries given out stay valid.
     ///
     /// If the connection is gone, handing back fails, which loses nothing: RabbitMQ requeues
-    /// every unacknowledged message of a closed channel.
+    /// every unacknowledged message of a closed channel. The first such error is returned
+    /// after every delivery has been tried.
     pub async fn close(mut self) -> Result<(), BrokerError> {
-        if let State::Live {
-            session,
-            deliveries,
-        } = self.take_state()
-        {
-            hand_back(session, deliveries).await;
+        self.rx.close();
+        let mut first_error = None;
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(d) = item
+                && let Err(err) = d.restore().await
+            {
+                first_error.get_or_insert(err);
+            }
         }
+        // The fetcher cancels the consumers and requeues stragglers; wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.fetcher).await;
         let stats = self.counters.snapshot();
         tracing::debug!(
             settled = stats.settled,
@@ -852,55 +846,8 @@ impl AmqpConsumer {
             multiple_ack_frames = stats.multiple_ack_frames,
             "AMQP consumer closed"
         );
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
-}
-
-impl Drop for AmqpConsumer {
-    fn drop(&mut self) {
-        // Dropped without `close`: hand back what it holds in the background, if there is
-        // a runtime to do it on (otherwise RabbitMQ requeues it when the channel closes).
-        if let State::Live {
-            session,
-            deliveries,
-        } = self.take_state()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(hand_back(session, deliveries));
-        }
-    }
-}
-
-/// A lapin delivery as the worker's [`Delivery`], registered with the session's tracker.
-fn delivery(
-    broker: &AmqpBroker,
-    session: &Session,
-    window: &Arc<PrefetchWindow>,
-    queue: Arc<str>,
-    d: lapin::message::Delivery,
-) -> Delivery {
-    let message = fields::raw_message(
-        d.data,
-        &d.properties,
-        d.exchange.as_str(),
-        d.routing_key.as_str(),
-        d.redelivered,
-    );
-    session.acks.delivered(d.delivery_tag);
-    let acker = AmqpAcker {
-        broker: broker.clone(),
-        acks: session.acks.clone(),
-        tag: d.delivery_tag,
-        queue,
-        window: window.clone(),
-        settled: AtomicBool::new(false),
-    };
-    Delivery::new(
-        message,
-        d.delivery_tag.to_string(),
-        Acker::Amqp(acker),
-        None,
-    )
 }
 
 /// How an AMQP delivery is settled: through the tracker of the channel it arrived on.
@@ -979,12 +926,6 @@ impl Drop for AmqpAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_consumer_can_be_shared_between_threads() {
-        fn send_sync<T: Send + Sync>() {}
-        send_sync::<AmqpConsumer>();
-    }
 
     #[test]
     fn reply_queue_arguments_are_kombus_milliseconds() {
