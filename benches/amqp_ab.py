@@ -98,6 +98,7 @@ def main() -> int:
     p.add_argument("--celeriac-args", default="-c 16 --prefetch-multiplier 16")
     p.add_argument("--raw", default="", help="lapin-each,lapin-multi,java-each,java-multi")
     p.add_argument("--hold", action="store_true")
+    p.add_argument("--hold-only", action="store_true", help="--hold without the drains")
     p.add_argument("--redis-hold", action="store_true",
                    help="only the hold RSS, on a redis-server of the harness's own")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672")
@@ -123,13 +124,13 @@ def main() -> int:
     holds: dict[str, list[float]] = {}
     try:
         for rep in range(args.repeats):
-            for w in workers:
+            for w in [] if args.hold_only else workers:
                 d = bench.drain(broker, w, args.n, results=False)
                 rates[w.label].append(d.rate)
                 cpu[w.label].append(d.cpu_per_10k)
                 run.log(f"#{rep + 1} {w.label}: {d.rate:,.0f}/s, {d.cpu_per_10k:.2f} CPU s/10k, "
                         f"peak RSS {d.hwm_kb / 1024:.1f} MB")
-            if args.hold:
+            if args.hold or args.hold_only:
                 for w in workers:
                     if w.kind != "celeriac":
                         continue
@@ -144,8 +145,11 @@ def main() -> int:
     print("| --- | --- | --- | --- |")
     for w in workers:
         hold = run.fmt_num(holds[w.label], 1) if w.label in holds else "–"
-        print(f"| {w.label} | {run.fmt_rate(rates[w.label])} | "
-              f"{run.fmt_num(cpu[w.label])} | {hold} |")
+        if rates[w.label]:
+            print(f"| {w.label} | {run.fmt_rate(rates[w.label])} | "
+                  f"{run.fmt_num(cpu[w.label])} | {hold} |")
+        else:
+            print(f"| {w.label} | – | – | {hold} |")
     return 0
 
 
