@@ -433,10 +433,6 @@ impl Drop for AckTracker {
 /// The tracker's task: plan, write, report; until the tracker is dropped and idle.
 async fn flush(shared: Arc<Shared>, channel: Arc<Channel>, counters: Arc<Counters>) {
     loop {
-        // Let the tasks that are ready to run settle theirs first: under load, one frame
-        // then covers a burst of settlements (and lapin's I/O thread is woken once for it);
-        // an idle worker loses nothing (no timer, just a turn at the back of the queue).
-        tokio::task::yield_now().await;
         let closing = shared.closing.load(Ordering::Acquire);
         let (planned, next) = {
             let mut ledger = shared.ledger.lock().unwrap_or_else(|e| e.into_inner());

@@ -69,19 +69,10 @@ pub(crate) fn from_amqp(value: &AMQPValue) -> Value {
         AMQPValue::Double(f) => float(*f),
         AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(text(s.as_bytes())),
-        AMQPValue::ByteArray(b) => Value::String(text(b.as_slice())),
+        AMQPValue::LongString(s) => Value::String(lossless_text(s.as_bytes())),
+        AMQPValue::ByteArray(b) => Value::String(lossless_text(b.as_slice())),
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(from_amqp).collect()),
         AMQPValue::FieldTable(t) => Value::Object(from_table(t)),
-    }
-}
-
-/// Bytes as text: valid UTF-8 (every header Celery writes) copied as it is, anything else
-/// through [`lossless_text`].
-fn text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => lossless_text(bytes),
     }
 }
 
@@ -167,7 +158,7 @@ pub(crate) fn raw_message(
     routing_key: &str,
     redelivered: bool,
 ) -> RawMessage {
-    let mut properties = Map::with_capacity(4);
+    let mut properties = Map::new();
     let mut put_text = |key: &str, v: &Option<ShortString>| {
         if let Some(v) = v {
             properties.insert(key.into(), Value::String(v.as_str().to_owned()));

@@ -839,13 +839,6 @@ impl AmqpConsumer {
         }
         // The fetcher cancels the consumers and requeues stragglers; wait for it.
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.fetcher).await;
-        let stats = self.counters.snapshot();
-        tracing::debug!(
-            settled = stats.settled,
-            ack_frames = stats.ack_frames,
-            multiple_ack_frames = stats.multiple_ack_frames,
-            "AMQP consumer closed"
-        );
         first_error.map_or(Ok(()), Err)
     }
 }
