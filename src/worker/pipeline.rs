@@ -283,9 +283,10 @@ type AckFuture = std::pin::Pin<
 /// then left to finish on its own while the task runs.
 enum EarlyAck {
     Done(Result<(), crate::broker::BrokerError>),
-    /// Redis: the first poll handed the tag to the broker's group-commit acknowledger, which
-    /// runs on its own; the future only waits for its reply, so it is kept here and polled
-    /// again once the outcome is stored (no task spawned per message).
+    /// Redis and RabbitMQ: the first poll handed the tag to the broker's acknowledger (Redis:
+    /// the group-commit loop; RabbitMQ: the channel's ack tracker), which runs on its own;
+    /// the future only waits for its reply, so it is kept here and polled again once the
+    /// outcome is stored (no task spawned per message).
     Handed(AckFuture),
     /// Elsewhere: spawned, so it makes progress even where the broker needs it polled.
     Pending(tokio::task::JoinHandle<Result<(), crate::broker::BrokerError>>),
@@ -297,7 +298,11 @@ impl EarlyAck {
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx)));
         match first.await {
             std::task::Poll::Ready(done) => Self::Done(done),
-            std::task::Poll::Pending if matches!(broker, AnyBroker::Redis(_)) => Self::Handed(ack),
+            std::task::Poll::Pending
+                if matches!(broker, AnyBroker::Redis(_) | AnyBroker::Amqp(_)) =>
+            {
+                Self::Handed(ack)
+            }
             std::task::Poll::Pending => Self::Pending(tokio::spawn(ack)),
         }
     }
