@@ -9,7 +9,7 @@ pub mod request;
 pub use args::{ArgBinder, Param};
 pub use call::call;
 pub use error::{ExcType, IntoTaskError, RetryRequest, TaskError, TaskErrorKind};
-pub use request::Request;
+pub use request::{Request, RequestHeaders};
 
 use serde_json::{Map, Value};
 use std::future::Future;

@@ -84,7 +84,8 @@ async fn context(
     if request.retries < retry_times.unwrap_or(0) {
         return Err(TaskError::retry().countdown(Duration::from_millis(100)));
     }
-    let header = |key: &str| request.headers.get(key).cloned().unwrap_or(Value::Null);
+    let headers = request.headers.to_map();
+    let header = |key: &str| headers.get(key).cloned().unwrap_or(Value::Null);
     Ok(json!({
         "id": request.id,
         "name": request.name,
