@@ -5,7 +5,8 @@
 #   1. builds the Rust interop worker (release),
 #   2. runs `cargo test --workspace`, then the README's first command (the quickstart example),
 #   3. runs the pytest interop suite against that worker (Redis, RabbitMQ + Redis, RabbitMQ + rpc://),
-#   4. runs the benchmark harness's smoke test (benches/run.py --smoke, on a Redis of its own),
+#   4. runs the benchmark harness's smoke test (benches/run.py --smoke, on a Redis of its own)
+#      and each criterion micro-benchmark once (`cargo bench ... -- --test`),
 #   5. runs the Java interop tests (Maven) against that worker.
 # Every stage is announced; a failing stage stops the run with a non-zero exit code.
 # Nothing is skipped: a missing tool or service is installed or reported as a failure.
@@ -208,6 +209,8 @@ INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
 
 stage "benchmark smoke run"
 "$VENV/bin/python" benches/run.py --smoke
+# The criterion micro-benchmarks (decode / encode), each run once to show they work.
+cargo bench -p celeriac-benches --bench codec -- --test
 
 stage "java interop tests (interop-tests/java: mvn -q test, artifacts from Maven Central)"
 (cd interop-tests/java && INTEROP_WORKER=rust INTEROP_WORKER_BIN="$REPO/target/release/interop-worker" \
