@@ -405,24 +405,68 @@ async fn start_worker(
     Ok((handle, stop))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_early_ack_does_not_delay_the_result() -> Result<()> {
-    let _serial = SERIAL.lock().await;
+/// Which side of a call talks to Redis through the test's proxy.
+#[derive(Clone, Copy)]
+enum Proxied {
+    Worker,
+    Client,
+}
+
+/// A worker of this file's tasks on a fresh queue and a client, one of them behind a
+/// counting proxy, after one call has been answered (connections made, the worker warm).
+struct Warm {
+    proxy: Proxy,
+    queue: String,
+    worker: tokio::task::JoinHandle<()>,
+    stop: Arc<Notify>,
+    client: Client,
+    opts: SendOptions,
+    /// The id of the warm-up call.
+    first: String,
+}
+
+async fn warm(proxied: Proxied) -> Result<Warm> {
     let proxy = Proxy::start().await;
     let queue = format!("rtt-{}", new_id());
-    let (worker, stop) = start_worker(proxy.url(), &queue).await?;
+    let (worker_url, client_url) = match proxied {
+        Proxied::Worker => (proxy.url(), direct_url()),
+        Proxied::Client => (direct_url(), proxy.url()),
+    };
+    let (worker, stop) = start_worker(worker_url, &queue).await?;
     let client = Client::connect(ClientConfig {
-        broker_url: direct_url(),
-        result_backend: Some(direct_url()),
+        broker_url: client_url.clone(),
+        result_backend: Some(client_url),
         ..ClientConfig::default()
     })
     .await?;
     let opts = SendOptions::new().queue(queue.clone());
-    // Warm: the worker has taken and acked one message.
     let first = client
         .send_task("rtt.add", vec![json!(1), json!(1)], Map::new(), &opts)
         .await?;
     ensure!(first.get(Duration::from_secs(30)).await? == json!(2));
+    Ok(Warm {
+        proxy,
+        queue,
+        worker,
+        stop,
+        client,
+        opts,
+        first: first.id().to_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_early_ack_does_not_delay_the_result() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // Warm: the worker has taken and acked one message.
+    let Warm {
+        proxy,
+        worker,
+        stop,
+        client,
+        opts,
+        ..
+    } = warm(Proxied::Worker).await?;
 
     // From its ack on (kombu's MULTI ZREM HDEL EXEC), the worker hears nothing more from the
     // broker connection that sent it, until released.
@@ -471,20 +515,14 @@ async fn the_early_ack_does_not_delay_the_result() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_subscribes_as_it_sends_and_reads_once() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let proxy = Proxy::start().await;
-    let queue = format!("rtt-{}", new_id());
-    let (worker, stop) = start_worker(direct_url(), &queue).await?;
-    let client = Client::connect(ClientConfig {
-        broker_url: proxy.url(),
-        result_backend: Some(proxy.url()),
-        ..ClientConfig::default()
-    })
-    .await?;
-    let opts = SendOptions::new().queue(queue.clone());
-    let first = client
-        .send_task("rtt.add", vec![json!(1), json!(1)], Map::new(), &opts)
-        .await?;
-    ensure!(first.get(Duration::from_secs(30)).await? == json!(2));
+    let Warm {
+        proxy,
+        worker,
+        stop,
+        client,
+        opts,
+        ..
+    } = warm(Proxied::Client).await?;
 
     proxy.clear();
     let calls = 5;
@@ -548,26 +586,21 @@ async fn a_call_subscribes_as_it_sends_and_reads_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_message_costs_one_take() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let proxy = Proxy::start().await;
-    let queue = format!("rtt-{}", new_id());
-    let (worker, stop) = start_worker(proxy.url(), &queue).await?;
-    let client = Client::connect(ClientConfig {
-        broker_url: direct_url(),
-        result_backend: Some(direct_url()),
-        ..ClientConfig::default()
-    })
-    .await?;
-    let opts = SendOptions::new().queue(queue.clone());
-    let first = client
-        .send_task("rtt.add", vec![json!(1), json!(1)], Map::new(), &opts)
-        .await?;
-    ensure!(first.get(Duration::from_secs(30)).await? == json!(2));
+    let Warm {
+        proxy,
+        queue,
+        worker,
+        stop,
+        client,
+        opts,
+        first,
+    } = warm(Proxied::Worker).await?;
     // Let the worker block again for the next message before counting.
     sleep(Duration::from_millis(300)).await;
 
     proxy.clear();
     let calls = 5;
-    let mut ids = vec![first.id().to_owned()];
+    let mut ids = vec![first];
     for i in 0..calls {
         let result = client
             .send_task("rtt.add", vec![json!(i), json!(3)], Map::new(), &opts)
