@@ -534,16 +534,24 @@ async fn a_call_subscribes_as_it_sends_and_reads_once() -> Result<()> {
         ensure!(result.get(Duration::from_secs(30)).await? == json!(i + 3));
         ids.push(result.id().to_owned());
     }
-    let sent = proxy.sent();
     let keys: Vec<String> = ids
         .iter()
         .map(|id| format!("celery-task-meta-{id}"))
         .collect();
-    let about = |name: &str| {
+    let count = |sent: &[Sent], name: &str| {
         sent.iter()
             .filter(|s| s.name == name && keys.contains(&s.arg))
             .count()
     };
+    // A result the PUBLISH brought can reach the caller before the subscriber has sent the
+    // read it queued on subscribing: the last call's MGET may still be on its way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&proxy.sent(), "MGET") < calls && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let sent = proxy.sent();
+    let about = |name: &str| count(&sent, name);
     // Per call: the LPUSH, a SUBSCRIBE sent alongside it, and one read of the key once
     // subscribed; no GET before waiting (Celeriac's client sent GET, SUBSCRIBE, MGET and
     // UNSUBSCRIBE for each call before).
