@@ -1,40 +1,39 @@
-//! Running a task: async bodies are spawned on the runtime, plain functions on the
-//! blocking pool (so a blocking body never stalls the runtime's worker threads); a panic
-//! in either becomes a FAILURE instead of taking the worker down.
+//! Running a task: async bodies are polled in the caller's own task (no hand-over to
+//! another task, and maybe another thread, before the body starts and after it ends), plain
+//! functions on the blocking pool (so a blocking body never stalls the runtime's worker
+//! threads); a panic in either becomes a FAILURE instead of taking the worker down.
 
 use super::error::TaskError;
 use super::{Invocation, TaskResult};
 use crate::registry::{Runner, TaskEntry};
 use std::any::Any;
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinError;
 
 /// Runs one invocation of `entry` and returns its outcome.
 ///
-/// Must be called inside a Tokio runtime. Async tasks run as their own Tokio task:
-/// dropping the returned future (a time limit, a shutdown) aborts them at their next
-/// `.await`. Plain functions cannot be interrupted; dropping the future only stops
-/// waiting for them.
+/// Must be called inside a Tokio runtime. Async tasks are polled by the returned future
+/// itself: dropping it (a time limit, a shutdown) cancels them at their next `.await`.
+/// Plain functions cannot be interrupted; dropping the future only stops waiting for them.
 pub async fn call(entry: &'static TaskEntry, inv: Invocation) -> TaskResult {
-    let joined = match entry.runner {
-        Runner::Async(run) => AbortOnDrop(tokio::spawn(run(inv))).join().await,
-        Runner::Blocking(run) => tokio::task::spawn_blocking(move || run(inv)).await,
-    };
-    joined.unwrap_or_else(|e| Err(join_error(e)))
-}
-
-/// Aborts a spawned task when the caller stops waiting for it.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        // Aborting a finished task is a no-op, so this is safe after a normal join.
-        self.0.abort();
+    match entry.runner {
+        Runner::Async(run) => {
+            let mut body = run(inv);
+            std::future::poll_fn(move |cx| {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    body.as_mut().poll(cx)
+                })) {
+                    Ok(poll) => poll,
+                    // Ready at once: a panicked body is never polled again.
+                    Err(payload) => {
+                        std::task::Poll::Ready(Err(TaskError::panic(panic_message(payload))))
+                    }
+                }
+            })
+            .await
+        }
+        Runner::Blocking(run) => tokio::task::spawn_blocking(move || run(inv))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e))),
     }
 }
 

@@ -176,7 +176,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
         // Celery's default: ack before running. The ack is sent now, but the task does not
         // wait for the broker's reply (nor does Celery's prefork pool, whose parent acks
         // while the child runs): the reply is awaited once the outcome is stored.
-        (None, Some(EarlyAck::send(delivery, &shared.broker).await))
+        (None, Some(EarlyAck::send(delivery).await))
     };
 
     // The message's limits win over the task's, which win over the worker's.
@@ -198,7 +198,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     // one cannot be, its thread runs on and its outcome is dropped (the slot is freed).
     tracing::debug!(task = %name, id = %id, "task started");
     let started_at = std::time::Instant::now();
-    let call = call(
+    let call = task::call::call(
         entry,
         Invocation {
             args: msg.args.clone(),
@@ -248,62 +248,26 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     }
 }
 
-/// Run the task: an async body is polled right here, in the pipeline's own task (no spawn,
-/// so no hand-over to another task and maybe another thread before it starts and after it
-/// ends), its panic caught as [`task::call::call`] catches it; a plain function goes to the
-/// blocking pool as before. Dropping the future (the hard time limit) cancels an async body
-/// at its next `.await`, as aborting its task did.
-async fn call(entry: &'static TaskEntry, inv: Invocation) -> task::TaskResult {
-    match entry.runner {
-        crate::registry::Runner::Async(run) => {
-            let mut body = run(inv);
-            std::future::poll_fn(move |cx| {
-                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    body.as_mut().poll(cx)
-                }));
-                match polled {
-                    Ok(poll) => poll,
-                    // Ready at once: a panicked body is never polled again.
-                    Err(payload) => std::task::Poll::Ready(Err(TaskError::panic(
-                        task::call::panic_message(payload),
-                    ))),
-                }
-            })
-            .await
-        }
-        crate::registry::Runner::Blocking(_) => task::call::call(entry, inv).await,
-    }
-}
-
 type AckFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), crate::broker::BrokerError>> + Send>,
 >;
 
-/// An early ack on its way: sent (its first poll hands the command to the connection),
-/// then left to finish on its own while the task runs.
+/// An early ack on its way: sent (its first poll hands the command to the broker's
+/// acknowledger: Redis's group-commit loop, RabbitMQ's channel ack tracker, or settles at
+/// once in memory), then awaited only once the outcome is stored; no task spawned per
+/// message.
 enum EarlyAck {
     Done(Result<(), crate::broker::BrokerError>),
-    /// Redis and RabbitMQ: the first poll handed the tag to the broker's acknowledger (Redis:
-    /// the group-commit loop; RabbitMQ: the channel's ack tracker), which runs on its own;
-    /// the future only waits for its reply, so it is kept here and polled again once the
-    /// outcome is stored (no task spawned per message).
     Handed(AckFuture),
-    /// Elsewhere: spawned, so it makes progress even where the broker needs it polled.
-    Pending(tokio::task::JoinHandle<Result<(), crate::broker::BrokerError>>),
 }
 
 impl EarlyAck {
-    async fn send(delivery: Delivery, broker: &AnyBroker) -> Self {
+    async fn send(delivery: Delivery) -> Self {
         let mut ack: AckFuture = Box::pin(delivery.ack());
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx)));
         match first.await {
             std::task::Poll::Ready(done) => Self::Done(done),
-            std::task::Poll::Pending
-                if matches!(broker, AnyBroker::Redis(_) | AnyBroker::Amqp(_)) =>
-            {
-                Self::Handed(ack)
-            }
-            std::task::Poll::Pending => Self::Pending(tokio::spawn(ack)),
+            std::task::Poll::Pending => Self::Handed(ack),
         }
     }
 
@@ -311,8 +275,6 @@ impl EarlyAck {
         match self {
             Self::Done(done) => done,
             Self::Handed(ack) => ack.await,
-            // A join error means the runtime is shutting down under it.
-            Self::Pending(handle) => handle.await.unwrap_or(Ok(())),
         }
     }
 }
