@@ -268,6 +268,12 @@ impl Worker {
                     continue;
                 }
                 next = consumer.next() => next,
+                // Reap finished pipelines while no message comes: each holds its task's
+                // memory (the size of its future) until it is joined.
+                Some(done) = running.join_next() => {
+                    report(done);
+                    continue;
+                }
             };
             match next {
                 Ok(delivery) => {
