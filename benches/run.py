@@ -762,17 +762,19 @@ class Bench:
             while True:
                 proc.check_alive(worker.label)
                 ready, held = broker.ready(), broker.held()
+                # Sampled before any top-up: where the publisher is slower than the worker
+                # (a busy machine), the queue is topped up on every turn.
+                now = time.monotonic()
+                if now >= next_sample:
+                    samples.append((published - ready - held, now - started,
+                                    memory_kb(proc.tree())[0]))
+                    next_sample += 1.0
                 if published < total and ready < chunk // 2:
                     k = min(chunk, total - published)
                     self.publish(broker, k, f"{random.getrandbits(32):08x}",
                                  ignore_result=True, check=False)
                     published += k
                     continue
-                now = time.monotonic()
-                if now >= next_sample:
-                    samples.append((published - ready - held, now - started,
-                                    memory_kb(proc.tree())[0]))
-                    next_sample += 1.0
                 if published == total and broker.drained():
                     break
                 if now - started > total / 100 + 120:
