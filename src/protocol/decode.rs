@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::body::{BodyParts, embed_from_fields, parse_v2_body};
 use super::kombu::{MarkerError, saferepr};
-use super::{ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage};
+use super::{DeliveryInfo, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage};
 
 /// kombu's mime type for its `gzip`/`zlib` compression (a zlib stream).
 pub const ZLIB_MIME: &str = "application/x-gzip";
@@ -73,6 +73,16 @@ impl DecodeError {
 
 /// Decode a raw message into a task message (v2, or v1 detected as Celery does).
 pub fn decode(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
+    let mut msg = decode_task(raw)?;
+    msg.properties = raw.properties.clone();
+    msg.delivery_info = raw.delivery_info.clone();
+    Ok(msg)
+}
+
+/// [`decode`] without the message's `properties` and `delivery_info` (left empty): the
+/// worker moves those out of the raw message once it no longer needs it, instead of
+/// copying them (see [`TaskMessage::adopt_routing`]).
+pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
     let serializer = Serializer::from_content_type(&raw.content_type)
         .ok_or_else(|| DecodeError::UnsupportedContentType(raw.content_type.clone()))?;
     let bytes = decompress(raw)?;
@@ -107,9 +117,9 @@ pub fn decode(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
         args,
         kwargs,
         embed,
-        properties: raw.properties.clone(),
+        properties: Map::new(),
         serializer,
-        delivery_info: raw.delivery_info.clone(),
+        delivery_info: DeliveryInfo::default(),
     })
 }
 

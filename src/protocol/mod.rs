@@ -127,4 +127,11 @@ impl TaskMessage {
             delivery_info: DeliveryInfo::default(),
         }
     }
+
+    /// Take `properties` and `delivery_info` from the raw message this was decoded from
+    /// (by [`decode::decode_task`], which leaves them empty), leaving them empty there.
+    pub(crate) fn adopt_routing(&mut self, raw: &mut RawMessage) {
+        self.properties = std::mem::take(&mut raw.properties);
+        self.delivery_info = std::mem::take(&mut raw.delivery_info);
+    }
 }

@@ -132,6 +132,55 @@ impl Request {
         }
     }
 
+    /// The request context of a decoded message, with the message's arguments, headers and
+    /// delivery info moved in instead of copied: the worker's way (see
+    /// [`Request::give_back`]). Until then `msg` holds empty arguments, placeholder headers
+    /// and an empty delivery info; its `properties`, `embed` and the rest stay in place.
+    pub(crate) fn lend(msg: &mut TaskMessage, hostname: &str) -> Request {
+        let h = std::mem::replace(&mut msg.headers, placeholder_headers());
+        let prop = |key: &str| {
+            msg.properties
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Request {
+            id: h.id.clone(),
+            name: h.task.clone(),
+            args: std::mem::take(&mut msg.args),
+            kwargs: std::mem::take(&mut msg.kwargs),
+            retries: h.retries,
+            eta: h.eta,
+            expires: h.expires,
+            root_id: h.root_id.clone(),
+            parent_id: h.parent_id.clone(),
+            group: h.group.clone(),
+            group_index: h.group_index,
+            correlation_id: prop("correlation_id"),
+            reply_to: prop("reply_to"),
+            hostname: hostname.to_owned(),
+            delivery_info: std::mem::take(&mut msg.delivery_info),
+            timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
+            ignore_result: h.ignore_result,
+            headers: RequestHeaders::new(h),
+            soft_deadline: None,
+            deadline: None,
+        }
+    }
+
+    /// Put back into `msg` what [`Request::lend`] moved out of it. A request (or its
+    /// headers) still shared, e.g. by a blocking task that outlived its time limit, is
+    /// copied instead.
+    pub(crate) fn give_back(request: Arc<Request>, msg: &mut TaskMessage) {
+        let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+        msg.args = request.args;
+        msg.kwargs = request.kwargs;
+        msg.delivery_info = request.delivery_info;
+        if let Some(headers) = request.headers.0 {
+            msg.headers = Arc::try_unwrap(headers).unwrap_or_else(|shared| (*shared).clone());
+        }
+    }
+
     /// Completes when the soft time limit passes (never, without one): Celery raises
     /// `SoftTimeLimitExceeded` inside the task at that moment; an async Rust task awaits
     /// this instead, to clean up and return. The hard limit still stops it later.
@@ -158,6 +207,32 @@ impl Request {
     pub fn soft_time_limit_exceeded(&self) -> bool {
         self.soft_deadline
             .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+}
+
+/// What a message's headers are while [`Request::lend`] has them: nothing, allocated.
+fn placeholder_headers() -> TaskHeaders {
+    TaskHeaders {
+        lang: None,
+        task: String::new(),
+        id: String::new(),
+        shadow: None,
+        eta: None,
+        expires: None,
+        group: None,
+        group_index: None,
+        retries: 0,
+        timelimit: (None, None),
+        root_id: None,
+        parent_id: None,
+        argsrepr: None,
+        kwargsrepr: None,
+        origin: None,
+        ignore_result: None,
+        replaced_task_nesting: 0,
+        stamped_headers: None,
+        stamps: Map::new(),
+        extra: Map::new(),
     }
 }
 
@@ -250,6 +325,33 @@ mod tests {
             serde_json::to_value(&r.headers).unwrap(),
             Value::Object(headers)
         );
+    }
+
+    #[test]
+    fn a_lent_message_comes_back_whole() {
+        let original = message();
+        let mut msg = original.clone();
+        let request = Request::lend(&mut msg, "celeriac@host");
+        assert_eq!(request, Request::from_message(&original, "celeriac@host"));
+        assert!(msg.args.is_empty() && msg.headers.id.is_empty());
+        assert_eq!(msg.properties, original.properties, "properties stay");
+        Request::give_back(Arc::new(request), &mut msg);
+        assert_eq!(msg, original);
+
+        // Still shared (a blocking task outlived its limit): copied back.
+        let mut msg = original.clone();
+        let request = Arc::new(Request::lend(&mut msg, "h"));
+        let kept = request.clone();
+        Request::give_back(request, &mut msg);
+        assert_eq!(msg, original);
+        let headers = kept.headers.clone();
+        drop(kept);
+        let mut msg = original.clone();
+        let request = Request::lend(&mut msg, "h");
+        let headers_kept = request.headers.clone();
+        Request::give_back(Arc::new(request), &mut msg);
+        assert_eq!(msg, original);
+        assert_eq!(headers_kept, headers);
     }
 
     #[test]

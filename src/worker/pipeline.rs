@@ -91,7 +91,10 @@ pub(crate) async fn resume(shared: Arc<Shared>, held: Held, slot: OwnedSemaphore
 /// `the_pipeline_future_stays_small`).
 pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: Turn) {
     // 1. decode
-    let msg = match protocol::decode(&delivery.message) {
+    // Its `properties` and `delivery_info` are moved over from the raw message, not copied,
+    // once the delivery no longer needs its message (the message of a held delivery is
+    // packed whole): see `adopt_routing` below.
+    let mut msg = match protocol::decode::decode_task(&delivery.message) {
         Ok(msg) => msg,
         Err(err) => {
             tracing::error!(error = %err, tag = delivery.delivery_tag(), "undecodable message: moving it to the dead-letter list");
@@ -101,13 +104,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             return;
         }
     };
-    let id = msg.headers.id.clone();
-    let name = msg.headers.task.clone();
 
     // 2. registry
-    let Some(entry) = shared.registry.get(&name) else {
-        tracing::error!(task = %name, id = %id, "received unregistered task");
-        let meta = shared.failure_meta(&msg, ExceptionInfo::not_registered(&name), None);
+    let Some(entry) = shared.registry.get(&msg.headers.task) else {
+        tracing::error!(task = %msg.headers.task, id = %msg.headers.id, "received unregistered task");
+        msg.adopt_routing(&mut delivery.message);
+        let meta =
+            shared.failure_meta(&msg, ExceptionInfo::not_registered(&msg.headers.task), None);
         Box::pin(store(&shared.backend, &meta, &msg)).await;
         settle(Box::pin(delivery.ack()).await);
         return;
@@ -115,6 +118,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
 
     // 3. expired or revoked
     if let Some(reason) = discarded(&shared, &msg) {
+        msg.adopt_routing(&mut delivery.message);
         Box::pin(discard(&shared, &msg, reason)).await;
         settle(Box::pin(delivery.ack()).await);
         return;
@@ -133,7 +137,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             && wait > visibility
         {
             tracing::warn!(
-                task = %name, id = %id, eta_in = ?wait, visibility_timeout = ?visibility,
+                task = %msg.headers.task, id = %msg.headers.id, eta_in = ?wait, visibility_timeout = ?visibility,
                 "the eta lies beyond the Redis visibility timeout: the message will be restored to its queue and may run twice (raise visibility_timeout above the longest eta)"
             );
         }
@@ -150,11 +154,11 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     }
     if !turn.rated
         && let Some(limit) = entry.options.rate_limit
-        && let Some(at) = shared.rate_limits.reserve(&name, limit)
+        && let Some(at) = shared.rate_limits.reserve(&msg.headers.task, limit)
         && at > Instant::now()
     {
         if let Err(held) = shared.hold.until(at, Held::new(delivery, true)) {
-            shared.rate_limits.release(&name, limit, at);
+            shared.rate_limits.release(&msg.headers.task, limit, at);
             settle(Box::pin(held.into_delivery().restore()).await);
         }
         return;
@@ -169,6 +173,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
         return;
     };
 
+    msg.adopt_routing(&mut delivery.message);
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
     let (late, early_ack) = if acks_late {
         (Some(delivery), None)
@@ -181,45 +186,48 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
 
     // The message's limits win over the task's, which win over the worker's.
     let (hard, soft) = time_limits(&msg, entry, shared.time_limits);
-    let mut request = Request::from_message(&msg, &shared.hostname);
-    let now = tokio::time::Instant::now();
-    request.deadline = hard.map(|d| now + d);
-    request.soft_deadline = soft.map(|d| now + d);
     let track_started = entry.options.track_started.unwrap_or(shared.track_started);
     if track_started && !ignores_result(&msg, Some(entry)) {
         let started = shared.meta(
-            ResultMeta::started(&id, &shared.hostname, std::process::id()),
+            ResultMeta::started(&msg.headers.id, &shared.hostname, std::process::id()),
             &msg,
         );
         Box::pin(store(&shared.backend, &started, &msg)).await;
     }
+    // The message's arguments, headers and delivery info move into the request for the
+    // call, and come back after it (`give_back`): `msg` is not to be read in between.
+    let mut request = Request::lend(&mut msg, &shared.hostname);
+    let now = tokio::time::Instant::now();
+    request.deadline = hard.map(|d| now + d);
+    request.soft_deadline = soft.map(|d| now + d);
+    let request = Arc::new(request);
 
     // 6. call, under the hard time limit: an async task is cancelled at it; a blocking
     // one cannot be, its thread runs on and its outcome is dropped (the slot is freed).
-    tracing::debug!(task = %name, id = %id, "task started");
+    tracing::debug!(task = %request.name, id = %request.id, "task started");
     let started_at = std::time::Instant::now();
     let call = task::call::call(
         entry,
         Invocation {
-            args: msg.args.clone(),
-            kwargs: msg.kwargs.clone(),
-            request: Arc::new(request),
+            args: request.args.clone(),
+            kwargs: request.kwargs.clone(),
+            request: request.clone(),
         },
     );
     let outcome = match hard {
-        Some(limit) => tokio::time::timeout(limit, call)
-            .await
-            .unwrap_or_else(|_| Err(time_limit_exceeded(limit, &msg, entry))),
-        None => call.await,
+        Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
+        None => Ok(call.await),
     };
     drop(slot);
+    Request::give_back(request, &mut msg);
+    let outcome = outcome.unwrap_or_else(|limit| Err(time_limit_exceeded(limit, &msg, entry)));
 
     // 7. outcome, and 8. what becomes of a late-acked message.
     let settle_late = match outcome {
         Ok(value) => {
-            tracing::info!(task = %name, id = %id, runtime = ?started_at.elapsed(), "task succeeded");
+            tracing::info!(task = %msg.headers.task, id = %msg.headers.id, runtime = ?started_at.elapsed(), "task succeeded");
             if !ignores_result(&msg, Some(entry)) {
-                let meta = shared.meta(ResultMeta::success(&id, value), &msg);
+                let meta = shared.meta(ResultMeta::success(&msg.headers.id, value), &msg);
                 store(&shared.backend, &meta, &msg).await;
             }
             Late::Ack
@@ -244,7 +252,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     if let Some(ack) = early_ack
         && let Err(err) = ack.settled().await
     {
-        tracing::warn!(error = %err, task = %name, id = %id, "could not acknowledge the message before running it; the broker will deliver it again");
+        tracing::warn!(error = %err, task = %msg.headers.task, id = %msg.headers.id, "could not acknowledge the message before running it; the broker will deliver it again");
     }
 }
 
