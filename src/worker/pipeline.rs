@@ -10,10 +10,11 @@
 //!    ready queue). A held message whose turn has come runs through this pipeline again
 //!    from the top, with its slot, so 3 is checked again at run time (it may have expired
 //!    or been revoked while it waited). Then the early ack (Celery's default) unless
-//!    acks-late: handed to the broker connection before the task starts, its reply awaited
-//!    only after the outcome is stored, so the ack's round trip does not delay the result (a
-//!    failed early ack leaves the message to the broker, which delivers it again, as with
-//!    Celery's prefork pool);
+//!    acks-late: handed to the broker connection once the task has started (after its first
+//!    poll; a task done in that poll is acknowledged right after its outcome is stored, as can
+//!    happen with Celery's prefork pool), its reply awaited only after the outcome is
+//!    stored, so the ack's round trip does not delay the result (a failed early ack leaves
+//!    the message to the broker, which delivers it again, as with Celery's prefork pool);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
@@ -170,13 +171,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
     };
 
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
-    let (late, early_ack) = if acks_late {
+    // Celery's default is to ack before running (see `EarlyAck`); a late ack waits for the
+    // outcome.
+    let (late, early) = if acks_late {
         (Some(delivery), None)
     } else {
-        // Celery's default: ack before running. The ack is sent now, but the task does not
-        // wait for the broker's reply (nor does Celery's prefork pool, whose parent acks
-        // while the child runs): the reply is awaited once the outcome is stored.
-        (None, Some(EarlyAck::send(delivery).await))
+        // Boxed: it is held across the task's call, in every pipeline future.
+        (None, Some(Box::new(delivery)))
     };
 
     // The message's limits win over the task's, which win over the worker's.
@@ -206,12 +207,15 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             request: Arc::new(request),
         },
     );
-    let outcome = match hard {
-        Some(limit) => tokio::time::timeout(limit, call)
-            .await
-            .unwrap_or_else(|_| Err(time_limit_exceeded(limit, &msg, entry))),
-        None => call.await,
+    let limited = async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Err(time_limit_exceeded(limit, &msg, entry))),
+            None => call.await,
+        }
     };
+    let (outcome, early_ack) = EarlyAck::around(early, limited).await;
     drop(slot);
 
     // 7. outcome, and 8. what becomes of a late-acked message.
@@ -242,7 +246,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
         });
     }
     if let Some(ack) = early_ack
-        && let Err(err) = ack.settled().await
+        && let Err(err) = ack.settled_after_outcome().await
     {
         tracing::warn!(error = %err, task = %name, id = %id, "could not acknowledge the message before running it; the broker will deliver it again");
     }
@@ -252,16 +256,48 @@ type AckFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), crate::broker::BrokerError>> + Send>,
 >;
 
-/// An early ack on its way: sent (its first poll hands the command to the broker's
-/// acknowledger: Redis's group-commit loop, RabbitMQ's channel ack tracker, or settles at
-/// once in memory), then awaited only once the outcome is stored; no task spawned per
-/// message.
+/// An early ack (Celery's default, `acks_late` off): sent when the task starts, and its
+/// reply awaited only once the outcome is stored; no task spawned per message.
+///
+/// Sent means handed over: the ack future's first poll gives the command to the broker's
+/// acknowledger (Redis's group-commit loop, RabbitMQ's channel ack tracker, or settles at
+/// once in memory). It is handed over after the task's first poll, as soon as the task is
+/// seen to run on (a sleeping or blocking task is acknowledged while it runs, as before).
+/// A task that is already done in that first poll (most tasks: their body does not wait)
+/// has its outcome stored first and is acknowledged right after: the ack then does not
+/// wake the acknowledger, nor reach the broker, ahead of the result the caller waits for.
+/// Celery's prefork pool acks the same way: its parent process sends the ack when the
+/// child reports that it accepted the task, so a short task's result is often stored
+/// before its ack. Either way the message is acknowledged once its task has started; a
+/// worker killed in between is what decides: before the ack the broker delivers the
+/// message again (here that window includes the result's round trip for a task done in
+/// its first poll), after it the message is gone.
 enum EarlyAck {
     Done(Result<(), crate::broker::BrokerError>),
     Handed(AckFuture),
+    /// Not sent yet: the task was done in its first poll, so it is sent after the outcome.
+    AfterOutcome(Box<Delivery>),
 }
 
 impl EarlyAck {
+    /// Run `task` (the task's call), handing the early ack of `delivery` (if any) over once
+    /// the task's first poll did not finish it; returns the outcome and the ack to settle.
+    async fn around<T>(
+        delivery: Option<Box<Delivery>>,
+        task: impl std::future::Future<Output = T>,
+    ) -> (T, Option<Self>) {
+        let Some(delivery) = delivery else {
+            return (task.await, None);
+        };
+        let mut task = std::pin::pin!(task);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(task.as_mut().poll(cx)));
+        if let std::task::Poll::Ready(outcome) = first.await {
+            return (outcome, Some(Self::AfterOutcome(delivery)));
+        }
+        let ack = Self::send(*delivery).await;
+        (task.await, Some(ack))
+    }
+
     async fn send(delivery: Delivery) -> Self {
         let mut ack: AckFuture = Box::pin(delivery.ack());
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx)));
@@ -271,10 +307,12 @@ impl EarlyAck {
         }
     }
 
-    async fn settled(self) -> Result<(), crate::broker::BrokerError> {
+    /// Send the ack now if it was kept for after the outcome, and wait for its reply.
+    async fn settled_after_outcome(self) -> Result<(), crate::broker::BrokerError> {
         match self {
             Self::Done(done) => done,
             Self::Handed(ack) => ack.await,
+            Self::AfterOutcome(delivery) => Box::pin(delivery.ack()).await,
         }
     }
 }
