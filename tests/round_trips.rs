@@ -476,7 +476,7 @@ async fn the_early_ack_does_not_delay_the_result() -> Result<()> {
         .await?;
     let got = result.get(Duration::from_secs(8)).await;
     // The ack is handed to the broker connection when the task starts or, for a task done
-    // in its first poll as this one, right after its result is stored: either way its
+    // in its first poll as this one, once its result's store is written: either way its
     // reply is held from then, and the result does not wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy.holding() && Instant::now() < deadline {

@@ -11,8 +11,8 @@
 //!    from the top, with its slot, so 3 is checked again at run time (it may have expired
 //!    or been revoked while it waited). Then the early ack (Celery's default) unless
 //!    acks-late: handed to the broker connection once the task has started (after its first
-//!    poll; a task done in that poll is acknowledged right after its outcome is stored, as can
-//!    happen with Celery's prefork pool), its reply awaited only after the outcome is
+//!    poll; for a task done in that poll, once its result's store is written, as can happen
+//!    with Celery's prefork pool), its reply awaited only after the outcome is
 //!    stored, so the ack's round trip does not delay the result (a failed early ack leaves
 //!    the message to the broker, which delivers it again, as with Celery's prefork pool);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
@@ -215,7 +215,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             None => call.await,
         }
     };
-    let (outcome, early_ack) = EarlyAck::around(early, limited).await;
+    let (outcome, mut early_ack) = EarlyAck::around(early, limited).await;
     drop(slot);
 
     // 7. outcome, and 8. what becomes of a late-acked message.
@@ -224,7 +224,17 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             tracing::info!(task = %name, id = %id, runtime = ?started_at.elapsed(), "task succeeded");
             if !ignores_result(&msg, Some(entry)) {
                 let meta = shared.meta(ResultMeta::success(&id, value), &msg);
-                store(&shared.backend, &meta, &msg).await;
+                match early_ack {
+                    // The ack goes out while the result's round trip runs, not after it (the
+                    // message's prefetch slot is held until its ack's reply), but only once
+                    // this thread has run the store's write (`after_this_thread`).
+                    Some(EarlyAck::AfterOutcome(delivery)) => {
+                        let ack = EarlyAck::after_this_thread(*delivery);
+                        let ((), acked) = tokio::join!(store(&shared.backend, &meta, &msg), ack);
+                        early_ack = Some(EarlyAck::Done(acked));
+                    }
+                    _ => store(&shared.backend, &meta, &msg).await,
+                }
             }
             Late::Ack
         }
@@ -264,18 +274,22 @@ type AckFuture = std::pin::Pin<
 /// once in memory). It is handed over after the task's first poll, as soon as the task is
 /// seen to run on (a sleeping or blocking task is acknowledged while it runs, as before).
 /// A task that is already done in that first poll (most tasks: their body does not wait)
-/// has its outcome stored first and is acknowledged right after: the ack then does not
-/// wake the acknowledger, nor reach the broker, ahead of the result the caller waits for.
-/// Celery's prefork pool acks the same way: its parent process sends the ack when the
-/// child reports that it accepted the task, so a short task's result is often stored
-/// before its ack. Either way the message is acknowledged once its task has started; a
-/// worker killed in between is what decides: before the ack the broker delivers the
-/// message again (here that window includes the result's round trip for a task done in
-/// its first poll), after it the message is gone.
+/// has its result's store sent first, and the ack handed over once the worker thread has
+/// written it, while the store's round trip runs (`after_this_thread`; without a result to
+/// store, or on the rare paths, right after the outcome): the ack then does not wake the
+/// acknowledger, nor reach the broker, ahead of the result the caller waits for, and the
+/// message's prefetch slot is not held for the two round trips one after the other.
+/// Celery's prefork pool acks alike: its parent process sends the ack when it hears that
+/// the child accepted the task, so a short task's result can be stored before its ack.
+/// Either way the message is acknowledged once its task has started; a worker killed in
+/// between is what decides: before the ack the broker delivers the message again (here
+/// that window includes the result's write for a task done in its first poll), after it
+/// the message is gone.
 enum EarlyAck {
     Done(Result<(), crate::broker::BrokerError>),
     Handed(AckFuture),
-    /// Not sent yet: the task was done in its first poll, so it is sent after the outcome.
+    /// Not sent yet: the task was done in its first poll, so it is sent with or after the
+    /// outcome.
     AfterOutcome(Box<Delivery>),
 }
 
@@ -305,6 +319,15 @@ impl EarlyAck {
             std::task::Poll::Ready(done) => Self::Done(done),
             std::task::Poll::Pending => Self::Handed(ack),
         }
+    }
+
+    /// The ack of `delivery`, handed over once this worker thread has nothing else to run
+    /// (`yield_now` defers the task until then): the result's store, polled first, has
+    /// been written by then, and the ack's wake-up of the acknowledger does not displace
+    /// the store's wake-up of the backend connection as this thread's next task.
+    async fn after_this_thread(delivery: Delivery) -> Result<(), crate::broker::BrokerError> {
+        tokio::task::yield_now().await;
+        Box::pin(delivery.ack()).await
     }
 
     /// Send the ack now if it was kept for after the outcome, and wait for its reply.
