@@ -475,8 +475,9 @@ async fn the_early_ack_does_not_delay_the_result() -> Result<()> {
         .send_task("rtt.add", vec![json!(2), json!(3)], Map::new(), &opts)
         .await?;
     let got = result.get(Duration::from_secs(8)).await;
-    // The ack was handed to the broker connection before the task ran; the connection may
-    // write it before or after the result's store: either way its reply is held from then.
+    // The ack is handed to the broker connection when the task starts or, for a task done
+    // in its first poll as this one, once its result's store is written: either way its
+    // reply is held from then, and the result does not wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy.holding() && Instant::now() < deadline {
         sleep(Duration::from_millis(10)).await;

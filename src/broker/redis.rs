@@ -107,8 +107,6 @@ const SETTLE_ATTEMPTS: usize = 5;
 /// Seconds a waiter blocks in BLMOVE before blocking again (a bound, so a dead
 /// connection is noticed; it is not a poll: nothing is taken on return).
 const BLOCK_SECS: u64 = 10;
-/// If no waiter wakes the fetcher (e.g. their connections are down) it looks again after this.
-const WAKE_FALLBACK: Duration = Duration::from_secs(30);
 /// How soon the fetcher asks again to cut the leader's BLMOVE short when it was not (yet)
 /// blocked (its pipeline still on the way).
 const UNBLOCK_RETRY: Duration = Duration::from_millis(1);
@@ -1241,7 +1239,7 @@ async fn fetch_loop(
     // leader, which sends the take pipelined behind its BLMOVE; every other list by a plain
     // waiter, whose wake-up cuts the leader's BLMOVE short so that its take runs at once.
     let lead_key = queue_key(&cycle[0], 0);
-    let mut leader = Some(Leader::spawn(&broker, lead_key.clone(), &mut waiters));
+    let mut leader = Leader::new(&broker, lead_key.clone());
     for step in PRIORITY_STEPS {
         for q in &cycle {
             let key = queue_key(q, step);
@@ -1270,39 +1268,30 @@ async fn fetch_loop(
     loop {
         if drained && ahead.is_none() {
             drained = false;
+            // Let what was just handed out run first: the consume loop, then the message's
+            // pipeline, which writes the result a caller may be waiting for. Arming the
+            // leader wakes its connection's task; on a multi-threaded runtime a
+            // second task woken in the same poll would take the consume loop's place as the
+            // next task of this thread and wake another thread for it. Deferred, the
+            // leader is armed once this thread has nothing else to run (microseconds: the
+            // next message takes its round trip anyway).
+            tokio::task::yield_now().await;
             // Wake the waiters; a message pushed since the take makes BLMOVE return at once.
             generation += 1;
             arm.send_replace(generation);
-            if let Some(lead) = leader.as_mut() {
-                // The leader's take needs the slots it may fill before it is sent.
-                let permits = tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return,
-                    p = acquire_slots(&slots, low) => match p { Ok(p) => p, Err(_) => return },
-                };
-                let lease = Lease {
-                    permits,
-                    cycle: cycle.clone(),
-                };
-                match lead.take(&broker, lease, &wake, &mut stop).await {
-                    // Handed out below as any take is (also when stopping: `close` then
-                    // restores it from the channel).
-                    Some(leased) => ahead = Some(leased),
-                    None => {
-                        tracing::error!(
-                            "the redis leader waiter is gone; waking on the other lists only"
-                        );
-                        leader = None;
-                    }
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(WAKE_FALLBACK) => {}
-                }
-            }
+            // The leader's take needs the slots it may fill before it is sent.
+            let permits = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => return,
+                p = acquire_slots(&slots, low) => match p { Ok(p) => p, Err(_) => return },
+            };
+            let lease = Lease {
+                permits,
+                cycle: cycle.clone(),
+            };
+            // Handed out below as any take is (also when stopping: `close` then restores
+            // it from the channel).
+            ahead = Some(leader.take(&broker, lease, &wake, &mut stop).await);
         }
         let (mut permits, taken) = match ahead.take() {
             Some(batch) => batch,
@@ -1399,103 +1388,95 @@ type Leased = (
 /// dropped while the consumer runs: the fetcher waits for it, also when stopping (it cuts
 /// the BLMOVE short with `CLIENT UNBLOCK`, the take runs, and what it took is handed out
 /// for `close` to restore).
+///
+/// The fetcher drives the leader itself (no task of its own): the reply is handed out by
+/// the task that awaited it, one wake-up fewer between the take's reply and the consumer.
 struct Leader {
-    leases: mpsc::Sender<Lease>,
-    results: mpsc::Receiver<Leased>,
+    client: ::redis::Client,
+    key: String,
+    config: AsyncConnectionConfig,
+    /// The leader's own connection (a blocked command holds its connection).
+    conn: Option<MultiplexedConnection>,
     /// `CLIENT ID` of the leader's connection (0 while it has none), for `CLIENT UNBLOCK`.
-    id: Arc<std::sync::atomic::AtomicI64>,
+    id: std::sync::atomic::AtomicI64,
 }
 
 impl Leader {
-    fn spawn(broker: &RedisBroker, key: String, waiters: &mut Waiters) -> Leader {
-        let (leases, leases_rx) = mpsc::channel(1);
-        let (results_tx, results) = mpsc::channel(1);
-        let id = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        waiters.0.push(tokio::spawn(lead_loop(
-            broker.inner.client.clone(),
-            key,
-            leases_rx,
-            results_tx,
-            id.clone(),
-        )));
+    fn new(broker: &RedisBroker, key: String) -> Leader {
         Leader {
-            leases,
-            results,
-            id,
+            client: broker.inner.client.clone(),
+            key,
+            // The response timeout is longer than the block so only a dead connection
+            // times out.
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS + 10))),
+            conn: None,
+            id: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
-    /// Lease the slots to the leader and wait for its take: until a message reaches its
-    /// list, the BLMOVE times out, or a plain waiter (another list) or a stop asks to cut
-    /// it short. `None` when the leader is gone.
+    /// `BLMOVE` + take with the slots of `lease`, and wait for both replies: until a
+    /// message reaches the leader's list, the BLMOVE times out, or a plain waiter (another
+    /// list) or a stop asks to cut it short.
     async fn take(
         &mut self,
         broker: &RedisBroker,
         lease: Lease,
         wake: &Notify,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<Leased> {
-        self.leases.send(lease).await.ok()?;
-        let mut cut = false;
-        let mut unblocked = false;
-        loop {
-            tokio::select! {
-                biased;
-                leased = self.results.recv() => return leased,
-                _ = stopped(stop), if !cut => cut = true,
-                _ = wake.notified(), if !cut => cut = true,
-                _ = tokio::time::sleep(UNBLOCK_RETRY), if cut && !unblocked => {}
+    ) -> Leased {
+        let Leader {
+            client,
+            key,
+            config,
+            conn,
+            id,
+        } = self;
+        let taken = {
+            let once = lead_once(client, config, conn, key, &lease, id);
+            tokio::pin!(once);
+            let mut cut = false;
+            let mut unblocked = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    taken = &mut once => break taken,
+                    _ = stopped(stop), if !cut => cut = true,
+                    _ = wake.notified(), if !cut => cut = true,
+                    _ = tokio::time::sleep(UNBLOCK_RETRY), if cut && !unblocked => {}
+                }
+                if cut && !unblocked {
+                    unblocked = unblock(broker, id).await;
+                }
             }
-            if cut && !unblocked {
-                unblocked = self.unblock(broker).await;
-            }
+        };
+        if taken.is_err() {
+            *conn = None;
+            id.store(0, std::sync::atomic::Ordering::Release);
         }
-    }
-
-    /// `CLIENT UNBLOCK` the leader's BLMOVE (it returns as on a timeout, and the take behind
-    /// it runs). False when it was not blocked (yet): ask again. True as well when the
-    /// server refuses the command: the BLMOVE then ends on its timeout.
-    async fn unblock(&self, broker: &RedisBroker) -> bool {
-        let id = self.id.load(std::sync::atomic::Ordering::Acquire);
-        if id == 0 {
-            return false;
-        }
-        let unblocked: Result<i64, _> = ::redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(id)
-            .query_async(&mut broker.conn())
-            .await;
-        match unblocked {
-            Ok(n) => n == 1,
-            Err(e) => {
-                tracing::debug!(error = %e, "CLIENT UNBLOCK failed; the leader's BLMOVE ends on its timeout");
-                true
-            }
-        }
+        (lease.permits, taken.map(|batch| (batch, now_secs())))
     }
 }
 
-/// The leader's loop: for each lease, `BLMOVE` + take in one pipeline on its own connection.
-async fn lead_loop(
-    client: ::redis::Client,
-    key: String,
-    mut leases: mpsc::Receiver<Lease>,
-    results: mpsc::Sender<Leased>,
-    id: Arc<std::sync::atomic::AtomicI64>,
-) {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS + 10)));
-    let mut conn: Option<MultiplexedConnection> = None;
-    while let Some(lease) = leases.recv().await {
-        let taken = lead_once(&client, &config, &mut conn, &key, &lease, &id).await;
-        if taken.is_err() {
-            conn = None;
-            id.store(0, std::sync::atomic::Ordering::Release);
-        }
-        let taken = taken.map(|batch| (batch, now_secs()));
-        if results.send((lease.permits, taken)).await.is_err() {
-            return;
+/// `CLIENT UNBLOCK` the leader's BLMOVE (it returns as on a timeout, and the take behind
+/// it runs). False when it was not blocked (yet): ask again. True as well when the
+/// server refuses the command: the BLMOVE then ends on its timeout.
+async fn unblock(broker: &RedisBroker, id: &std::sync::atomic::AtomicI64) -> bool {
+    let id = id.load(std::sync::atomic::Ordering::Acquire);
+    if id == 0 {
+        return false;
+    }
+    let unblocked: Result<i64, _> = ::redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .query_async(&mut broker.conn())
+        .await;
+    match unblocked {
+        Ok(n) => n == 1,
+        Err(e) => {
+            tracing::debug!(error = %e, "CLIENT UNBLOCK failed; the leader's BLMOVE ends on its timeout");
+            true
         }
     }
 }

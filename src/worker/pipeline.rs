@@ -10,10 +10,11 @@
 //!    ready queue). A held message whose turn has come runs through this pipeline again
 //!    from the top, with its slot, so 3 is checked again at run time (it may have expired
 //!    or been revoked while it waited). Then the early ack (Celery's default) unless
-//!    acks-late: handed to the broker connection before the task starts, its reply awaited
-//!    only after the outcome is stored, so the ack's round trip does not delay the result (a
-//!    failed early ack leaves the message to the broker, which delivers it again, as with
-//!    Celery's prefork pool);
+//!    acks-late: handed to the broker connection once the task has started (after its first
+//!    poll; for a task done in that poll, once its result's store is written, as can happen
+//!    with Celery's prefork pool), its reply awaited only after the outcome is
+//!    stored, so the ack's round trip does not delay the result (a failed early ack leaves
+//!    the message to the broker, which delivers it again, as with Celery's prefork pool);
 //! 6. `task::call` under the hard time limit (argument binding happens in the task's
 //!    runner; panics are caught);
 //! 7. outcome: a retry (asked for, or automatic for the task's `autoretry_for` errors)
@@ -175,13 +176,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
 
     msg.adopt_routing(&mut delivery.message);
     let acks_late = entry.options.acks_late.unwrap_or(shared.acks_late);
-    let (late, early_ack) = if acks_late {
+    // Celery's default is to ack before running (see `EarlyAck`); a late ack waits for the
+    // outcome.
+    let (late, early) = if acks_late {
         (Some(delivery), None)
     } else {
-        // Celery's default: ack before running. The ack is sent now, but the task does not
-        // wait for the broker's reply (nor does Celery's prefork pool, whose parent acks
-        // while the child runs): the reply is awaited once the outcome is stored.
-        (None, Some(EarlyAck::send(delivery).await))
+        // Boxed: it is held across the task's call, in every pipeline future.
+        (None, Some(Box::new(delivery)))
     };
 
     // The message's limits win over the task's, which win over the worker's.
@@ -214,10 +215,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             request: request.clone(),
         },
     );
-    let outcome = match hard {
-        Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
-        None => Ok(call.await),
+    let limited = async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
+            None => Ok(call.await),
+        }
     };
+    let (outcome, mut early_ack) = EarlyAck::around(early, limited).await;
     drop(slot);
     Request::give_back(request, &mut msg);
     let outcome = outcome.unwrap_or_else(|limit| Err(time_limit_exceeded(limit, &msg, entry)));
@@ -228,7 +232,17 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
             tracing::info!(task = %msg.headers.task, id = %msg.headers.id, runtime = ?started_at.elapsed(), "task succeeded");
             if !ignores_result(&msg, Some(entry)) {
                 let meta = shared.meta(ResultMeta::success(&msg.headers.id, value), &msg);
-                store(&shared.backend, &meta, &msg).await;
+                match early_ack {
+                    // The ack goes out while the result's round trip runs, not after it (the
+                    // message's prefetch slot is held until its ack's reply), but only once
+                    // this thread has run the store's write (`after_this_thread`).
+                    Some(EarlyAck::AfterOutcome(delivery)) => {
+                        let ack = EarlyAck::after_this_thread(*delivery);
+                        let ((), acked) = tokio::join!(store(&shared.backend, &meta, &msg), ack);
+                        early_ack = Some(EarlyAck::Done(acked));
+                    }
+                    _ => store(&shared.backend, &meta, &msg).await,
+                }
             }
             Late::Ack
         }
@@ -250,7 +264,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut delivery: Delivery, turn: T
         });
     }
     if let Some(ack) = early_ack
-        && let Err(err) = ack.settled().await
+        && let Err(err) = ack.settled_after_outcome().await
     {
         tracing::warn!(error = %err, task = %msg.headers.task, id = %msg.headers.id, "could not acknowledge the message before running it; the broker will deliver it again");
     }
@@ -260,16 +274,52 @@ type AckFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), crate::broker::BrokerError>> + Send>,
 >;
 
-/// An early ack on its way: sent (its first poll hands the command to the broker's
-/// acknowledger: Redis's group-commit loop, RabbitMQ's channel ack tracker, or settles at
-/// once in memory), then awaited only once the outcome is stored; no task spawned per
-/// message.
+/// An early ack (Celery's default, `acks_late` off): sent when the task starts, and its
+/// reply awaited only once the outcome is stored; no task spawned per message.
+///
+/// Sent means handed over: the ack future's first poll gives the command to the broker's
+/// acknowledger (Redis's group-commit loop, RabbitMQ's channel ack tracker, or settles at
+/// once in memory). It is handed over after the task's first poll, as soon as the task is
+/// seen to run on (a sleeping or blocking task is acknowledged while it runs, as before).
+/// A task that is already done in that first poll (most tasks: their body does not wait)
+/// has its result's store sent first, and the ack handed over once the worker thread has
+/// written it, while the store's round trip runs (`after_this_thread`; without a result to
+/// store, or on the rare paths, right after the outcome): the ack then does not wake the
+/// acknowledger, nor reach the broker, ahead of the result the caller waits for, and the
+/// message's prefetch slot is not held for the two round trips one after the other.
+/// Celery's prefork pool acks alike: its parent process sends the ack when it hears that
+/// the child accepted the task, so a short task's result can be stored before its ack.
+/// Either way the message is acknowledged once its task has started; a worker killed in
+/// between is what decides: before the ack the broker delivers the message again (here
+/// that window includes the result's write for a task done in its first poll), after it
+/// the message is gone.
 enum EarlyAck {
     Done(Result<(), crate::broker::BrokerError>),
     Handed(AckFuture),
+    /// Not sent yet: the task was done in its first poll, so it is sent with or after the
+    /// outcome.
+    AfterOutcome(Box<Delivery>),
 }
 
 impl EarlyAck {
+    /// Run `task` (the task's call), handing the early ack of `delivery` (if any) over once
+    /// the task's first poll did not finish it; returns the outcome and the ack to settle.
+    async fn around<T>(
+        delivery: Option<Box<Delivery>>,
+        task: impl std::future::Future<Output = T>,
+    ) -> (T, Option<Self>) {
+        let Some(delivery) = delivery else {
+            return (task.await, None);
+        };
+        let mut task = std::pin::pin!(task);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(task.as_mut().poll(cx)));
+        if let std::task::Poll::Ready(outcome) = first.await {
+            return (outcome, Some(Self::AfterOutcome(delivery)));
+        }
+        let ack = Self::send(*delivery).await;
+        (task.await, Some(ack))
+    }
+
     async fn send(delivery: Delivery) -> Self {
         let mut ack: AckFuture = Box::pin(delivery.ack());
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ack.as_mut().poll(cx)));
@@ -279,10 +329,21 @@ impl EarlyAck {
         }
     }
 
-    async fn settled(self) -> Result<(), crate::broker::BrokerError> {
+    /// The ack of `delivery`, handed over once this worker thread has nothing else to run
+    /// (`yield_now` defers the task until then): the result's store, polled first, has
+    /// been written by then, and the ack's wake-up of the acknowledger does not displace
+    /// the store's wake-up of the backend connection as this thread's next task.
+    async fn after_this_thread(delivery: Delivery) -> Result<(), crate::broker::BrokerError> {
+        tokio::task::yield_now().await;
+        Box::pin(delivery.ack()).await
+    }
+
+    /// Send the ack now if it was kept for after the outcome, and wait for its reply.
+    async fn settled_after_outcome(self) -> Result<(), crate::broker::BrokerError> {
         match self {
             Self::Done(done) => done,
             Self::Handed(ack) => ack.await,
+            Self::AfterOutcome(delivery) => Box::pin(delivery.ack()).await,
         }
     }
 }
