@@ -8,7 +8,10 @@ use super::decode::{DecodeError, parse_iso8601};
 /// Celery's task headers. Known headers are typed; anything else (custom `headers=`
 /// from `apply_async`, `compression`, `redelivered`, broker additions) is kept in
 /// [`TaskHeaders::extra`] in arrival order and written back on encode.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// `Default` is empty (no task name, no id, no `lang`); [`TaskHeaders::new`] gives the
+/// headers `apply_async` would send.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TaskHeaders {
     /// Always `"py"` from Python clients.
     pub lang: Option<String>,

@@ -101,54 +101,46 @@ impl serde::Serialize for RequestHeaders {
 impl Request {
     /// The request context of a decoded message, run on the worker node `hostname`.
     pub fn from_message(msg: &TaskMessage, hostname: &str) -> Request {
-        let h = &msg.headers;
-        let prop = |key: &str| {
-            msg.properties
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        Request {
-            id: h.id.clone(),
-            name: h.task.clone(),
-            args: msg.args.clone(),
-            kwargs: msg.kwargs.clone(),
-            retries: h.retries,
-            eta: h.eta,
-            expires: h.expires,
-            root_id: h.root_id.clone(),
-            parent_id: h.parent_id.clone(),
-            group: h.group.clone(),
-            group_index: h.group_index,
-            correlation_id: prop("correlation_id"),
-            reply_to: prop("reply_to"),
-            hostname: hostname.to_owned(),
-            delivery_info: msg.delivery_info.clone(),
-            headers: RequestHeaders::new(h.clone()),
-            timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
-            ignore_result: h.ignore_result,
-            soft_deadline: None,
-            deadline: None,
-        }
+        Request::build(
+            msg.headers.clone(),
+            msg.args.clone(),
+            msg.kwargs.clone(),
+            msg.delivery_info.clone(),
+            &msg.properties,
+            hostname,
+        )
     }
 
     /// The request context of a decoded message, with the message's arguments, headers and
     /// delivery info moved in instead of copied: the worker's way (see
-    /// [`Request::give_back`]). Until then `msg` holds empty arguments, placeholder headers
+    /// [`Request::give_back`]). Until then `msg` holds empty arguments, empty headers
     /// and an empty delivery info; its `properties`, `embed` and the rest stay in place.
     pub(crate) fn lend(msg: &mut TaskMessage, hostname: &str) -> Request {
-        let h = std::mem::replace(&mut msg.headers, placeholder_headers());
-        let prop = |key: &str| {
-            msg.properties
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        Request::build(
+            std::mem::take(&mut msg.headers),
+            std::mem::take(&mut msg.args),
+            std::mem::take(&mut msg.kwargs),
+            std::mem::take(&mut msg.delivery_info),
+            &msg.properties,
+            hostname,
+        )
+    }
+
+    /// The request of a message's parts.
+    fn build(
+        h: TaskHeaders,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        delivery_info: DeliveryInfo,
+        properties: &Map<String, Value>,
+        hostname: &str,
+    ) -> Request {
+        let prop = |key: &str| properties.get(key).and_then(Value::as_str).map(str::to_owned);
         Request {
             id: h.id.clone(),
             name: h.task.clone(),
-            args: std::mem::take(&mut msg.args),
-            kwargs: std::mem::take(&mut msg.kwargs),
+            args,
+            kwargs,
             retries: h.retries,
             eta: h.eta,
             expires: h.expires,
@@ -159,7 +151,7 @@ impl Request {
             correlation_id: prop("correlation_id"),
             reply_to: prop("reply_to"),
             hostname: hostname.to_owned(),
-            delivery_info: std::mem::take(&mut msg.delivery_info),
+            delivery_info,
             timelimit: (seconds(h.timelimit.0), seconds(h.timelimit.1)),
             ignore_result: h.ignore_result,
             headers: RequestHeaders::new(h),
@@ -207,32 +199,6 @@ impl Request {
     pub fn soft_time_limit_exceeded(&self) -> bool {
         self.soft_deadline
             .is_some_and(|at| tokio::time::Instant::now() >= at)
-    }
-}
-
-/// What a message's headers are while [`Request::lend`] has them: nothing, allocated.
-fn placeholder_headers() -> TaskHeaders {
-    TaskHeaders {
-        lang: None,
-        task: String::new(),
-        id: String::new(),
-        shadow: None,
-        eta: None,
-        expires: None,
-        group: None,
-        group_index: None,
-        retries: 0,
-        timelimit: (None, None),
-        root_id: None,
-        parent_id: None,
-        argsrepr: None,
-        kwargsrepr: None,
-        origin: None,
-        ignore_result: None,
-        replaced_task_nesting: 0,
-        stamped_headers: None,
-        stamps: Map::new(),
-        extra: Map::new(),
     }
 }
 
