@@ -510,14 +510,21 @@ class Worker:
 
 
 def celeriac_configs() -> list[Worker]:
+    """Celeriac's sweep: the defaults, wider windows, and the same on one runtime thread
+    (``--threads 1``, the async side on a single thread: no hand-offs between threads, and
+    the broker keeps the other core), as Celery's sweep tries its pools. The last one is
+    the ``--soak-only`` default."""
     cpus = os.cpu_count() or 1
+
+    def w(c: int, pm: int, threads: int | None = None) -> Worker:
+        args = ["-c", str(c), "--prefetch-multiplier", str(pm)]
+        if threads is not None:
+            args += ["--threads", str(threads)]
+        return Worker("celeriac", " ".join(args), {"args": args, "window": c * pm, "c": c})
     return [
         Worker("celeriac", f"-c {cpus} (CPUs), prefetch ×4 (defaults)",
                {"window": cpus * 4, "c": cpus}),
-        Worker("celeriac", "-c 16 --prefetch-multiplier 16",
-               {"args": ["-c", "16", "--prefetch-multiplier", "16"], "window": 256, "c": 16}),
-        Worker("celeriac", "-c 64 --prefetch-multiplier 16",
-               {"args": ["-c", "64", "--prefetch-multiplier", "16"], "window": 1024, "c": 64}),
+        w(16, 16), w(64, 16), w(16, 16, threads=1), w(64, 16, threads=1),
     ]
 
 
@@ -1391,7 +1398,7 @@ def main() -> int:
                    "(issue 6's 1,000,000-task memory check; ~4 min per million)")
     p.add_argument("--soak-only", action="store_true",
                    help="only the --soak run (default 1,000,000 tasks), on Redis; Celeriac "
-                   "runs with --celeriac-args (default: -c 64 --prefetch-multiplier 16)")
+                   "runs with --celeriac-args (default: -c 64 --prefetch-multiplier 16 --threads 1)")
     p.add_argument("--celeriac-env", default="", metavar="K=V,...",
                    help="with --soak-only: environment for Celeriac's worker (e.g. "
                    "GLIBC_TUNABLES=glibc.malloc.arena_max=1, to see the allocator's share)")

@@ -351,7 +351,7 @@ class WorkerProcess:
                  queue_bindings: tuple = (), time_limit: float | None = None,
                  soft_time_limit: float | None = None, result_extended: bool = False,
                  statedb: Path | None = None, track_started: bool = False,
-                 pool: str = "threads"):
+                 pool: str = "threads", threads: int | None = None):
         self.kind = kind
         self.transport = transport
         self.queues = queues
@@ -385,9 +385,14 @@ class WorkerProcess:
                 cmd.append("--result-extended")
             if track_started:
                 cmd.append("--track-started")
+            if threads is not None:
+                cmd += ["--threads", str(threads)]
             env.setdefault("RUST_LOG", "info")
             cwd = REPO
         else:
+            if threads is not None:
+                pytest.fail("threads (--threads) is a setting of the Rust worker's async runtime; "
+                            "Celery has none", pytrace=False)
             cmd = [sys.executable, "-m", "celery", "-A", "pyinterop", "-b", broker,
                    "--result-backend", backend, "worker", "-Q", queues, "-P", pool,
                    "-c", str(concurrency), "--prefetch-multiplier", str(prefetch_multiplier),

@@ -80,6 +80,13 @@ struct Args {
     /// Store STARTED when a task begins (Celery's `task_track_started`).
     #[arg(long = "track-started")]
     track_started: bool,
+    /// Threads of the async runtime, which runs the consume loop, the message pipelines
+    /// and the async tasks (default: number of CPUs, tokio's own default). Plain (non-async)
+    /// tasks run on the runtime's blocking pool whatever this is. One thread saves the
+    /// hand-offs between threads per message; on a small machine that also runs the broker
+    /// it leaves the broker the other cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 #[task(name = "interop.noop")]
@@ -168,10 +175,13 @@ async fn whoami(request: &Request) -> Value {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let outcome = runtime.block_on(run());
+    let args = Args::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads.into());
+    }
+    let runtime = builder.enable_all().build()?;
+    let outcome = runtime.block_on(run(args));
     // A blocking task stopped by its hard time limit was abandoned, not ended: its thread
     // may still be sleeping in the blocking pool. Dropping the runtime would wait for it;
     // the worker has stopped, so leave it behind (Celery kills such a pool process).
@@ -179,15 +189,20 @@ fn main() -> anyhow::Result<()> {
     outcome
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    tracing::info!(
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "async runtime"
+    );
     if args.events {
         tracing::warn!("--events: task events are not implemented yet; none will be sent");
     }
