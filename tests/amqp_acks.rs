@@ -75,7 +75,7 @@ fn message(id: &str) -> RawMessage {
         body: b"[[], {}, {}]".to_vec(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),
-        headers,
+        headers: headers.into(),
         ..Default::default()
     }
 }

@@ -404,7 +404,7 @@ async fn rpc_results_reach_the_reply_queue_as_celery_sends_them() {
     let d = recv(&mut c).await;
     assert_eq!(d.message.content_type, "application/json");
     assert_eq!(d.message.content_encoding, "utf-8");
-    assert_eq!(d.message.headers, Map::new());
+    assert_eq!(*d.message.headers, Map::new());
     assert_eq!(d.message.properties["correlation_id"], json!("tid-1"));
     assert_eq!(d.message.properties["delivery_mode"], json!(1));
     assert_eq!(d.message.properties["priority"], json!(0));

@@ -63,7 +63,7 @@ fn captures() -> &'static [RawMessage] {
                 body: B64.decode(body).expect("base64"),
                 content_type: env["content-type"].as_str().unwrap_or_default().into(),
                 content_encoding: env["content-encoding"].as_str().unwrap_or_default().into(),
-                headers: headers.clone(),
+                headers: headers.clone().into(),
                 properties,
                 delivery_info,
             });
@@ -210,7 +210,7 @@ proptest! {
             headers.insert("task".into(), json!("t"));
             headers.insert("id".into(), json!("i"));
         }
-        check(&RawMessage { body, content_type: CONTENT_TYPES[ct].into(), headers, ..RawMessage::default() })?;
+        check(&RawMessage { body, content_type: CONTENT_TYPES[ct].into(), headers: headers.into(), ..RawMessage::default() })?;
     }
 
     #[test]
@@ -226,7 +226,7 @@ proptest! {
                 headers.insert("task".into(), json!("t"));
                 headers.insert("id".into(), json!("i"));
             }
-            check(&RawMessage { body, content_type: serializer.content_type().into(), headers, ..RawMessage::default() })?;
+            check(&RawMessage { body, content_type: serializer.content_type().into(), headers: headers.into(), ..RawMessage::default() })?;
         }
     }
 
@@ -244,7 +244,7 @@ proptest! {
             headers.insert(header_names()[i].to_string(), v);
         }
         let body = br#"[[1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#.to_vec();
-        check(&RawMessage { body, content_type: "application/json".into(), headers, ..RawMessage::default() })?;
+        check(&RawMessage { body, content_type: "application/json".into(), headers: headers.into(), ..RawMessage::default() })?;
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn raw_from_envelope(env: &Value) -> RawMessage {
             .as_str()
             .unwrap_or_default()
             .to_string(),
-        headers: obj(&env["headers"]),
+        headers: obj(&env["headers"]).into(),
         properties,
         delivery_info,
     }
@@ -90,7 +90,7 @@ fn amqp(name: &str) -> (Value, RawMessage) {
             .expect("base64"),
         content_type,
         content_encoding,
-        headers: obj(&cap["headers"]),
+        headers: obj(&cap["headers"]).into(),
         properties,
         delivery_info: serde_json::from_value(cap["delivery_info"].clone()).expect("delivery_info"),
     };
@@ -309,7 +309,7 @@ fn decode_then_encode_rebuilds_every_captured_v2_message() {
             }
         }
         assert_eq!(
-            to_python_json(&Value::Object(again.headers.clone())),
+            to_python_json(&Value::Object(again.headers.as_map().clone())),
             to_python_json(&expected),
             "{name}: headers"
         );
@@ -352,7 +352,7 @@ fn golden_encode_v2_basic() {
         r#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#
     );
     assert_eq!(
-        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&Value::Object(out.headers.into_map())),
         to_python_json(&env["headers"])
     );
     assert_eq!(Value::Object(out.properties), Value::Object(raw.properties));
@@ -394,7 +394,7 @@ fn golden_encode_v2_full_options() {
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
     assert_eq!(
-        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&Value::Object(out.headers.into_map())),
         to_python_json(&env["headers"])
     );
     assert_eq!(Value::Object(out.properties), Value::Object(raw.properties));
@@ -423,7 +423,7 @@ fn golden_encode_v2_send_task() {
     let out = encode(&msg).unwrap();
     assert_eq!(out.body, raw.body);
     assert_eq!(
-        to_python_json(&Value::Object(out.headers)),
+        to_python_json(&Value::Object(out.headers.into_map())),
         to_python_json(&env["headers"])
     );
 }
@@ -511,7 +511,7 @@ fn hybrid_message_takes_body_fields_under_the_message_headers() {
         body: br#"{"task": "body.name", "id": "body-id", "args": [1, 2], "kwargs": {"k": 3}, "retries": 2, "callbacks": [{"task": "cb"}]}"#.to_vec(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),
-        headers: obj(&json!({"task": "header.name", "x-extra": 1})),
+        headers: obj(&json!({"task": "header.name", "x-extra": 1})).into(),
         ..RawMessage::default()
     };
     let msg = decode(&raw).unwrap();
@@ -760,7 +760,7 @@ fn section11_embed_may_be_an_empty_map_or_null() {
             body: body.to_vec(),
             content_type: "application/json".into(),
             content_encoding: "utf-8".into(),
-            headers: obj(&json!({"task": "tasks.add", "id": "x"})),
+            headers: obj(&json!({"task": "tasks.add", "id": "x"})).into(),
             ..RawMessage::default()
         };
         let msg = decode(&raw).unwrap();

@@ -561,7 +561,7 @@ async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
         body: b"not json".to_vec(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),
-        headers,
+        headers: headers.into(),
         ..RawMessage::default()
     };
     h.broker.publish(&bad, "", "celery").await.expect("publish");

@@ -793,7 +793,10 @@ pub fn envelope(msg: &RawMessage, exchange: &str, routing_key: &str, delivery_ta
         text_or_null(&msg.content_encoding),
     );
     env.insert("content-type".into(), text_or_null(&msg.content_type));
-    env.insert("headers".into(), Value::Object(msg.headers.clone()));
+    env.insert(
+        "headers".into(),
+        Value::Object(msg.headers.as_map().clone()),
+    );
     env.insert("properties".into(), Value::Object(props));
     Value::Object(env)
 }
@@ -950,7 +953,7 @@ fn assemble(parts: Parts<'_>) -> Result<(RawMessage, Option<String>), String> {
             body,
             content_type,
             content_encoding,
-            headers,
+            headers: headers.into(),
             properties: props,
             delivery_info,
         },

@@ -246,7 +246,7 @@ fn request_message(body: &Map<String, Value>, clock: u64, expires: Option<f64>) 
         body: to_python_json(&Value::Object(body.clone())).into_bytes(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),
-        headers,
+        headers: headers.into(),
         properties,
         delivery_info: Default::default(),
     }
@@ -609,7 +609,10 @@ mod tests {
         assert_eq!(String::from_utf8(ours.body).unwrap(), ping["body"]);
         assert_eq!(ours.content_type, props["content_type"]);
         assert_eq!(ours.content_encoding, props["content_encoding"]);
-        assert_eq!(Value::Object(ours.headers), props["application_headers"]);
+        assert_eq!(
+            Value::Object(ours.headers.into_map()),
+            props["application_headers"]
+        );
         assert_eq!(ours.properties["delivery_mode"], props["delivery_mode"]);
         assert_eq!(ours.properties["priority"], props["priority"]);
         // AsyncResult.revoke(): no timeout, so `expires` is the integer 0.
@@ -632,7 +635,7 @@ mod tests {
         );
         assert_eq!(String::from_utf8(ours.body).unwrap(), revoke["body"]);
         assert_eq!(
-            Value::Object(ours.headers),
+            Value::Object(ours.headers.into_map()),
             revoke["properties"]["application_headers"]
         );
     }

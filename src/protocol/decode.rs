@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
 use super::body::{BodyParts, embed_from_fields, parse_v2_body};
+use super::headers::HeadersReader;
 use super::kombu::{MarkerError, saferepr};
 use super::{DeliveryInfo, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage};
 
@@ -85,21 +86,22 @@ pub fn decode(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
 pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> {
     let serializer = Serializer::from_content_type(&raw.content_type)
         .ok_or_else(|| DecodeError::UnsupportedContentType(raw.content_type.clone()))?;
-    let bytes = decompress(raw)?;
+    // One pass over the headers: the typed v2 headers (or why they are wrong, reported
+    // only if the body makes this a v2 message), whether there is a `task` header at all,
+    // and the `compression` header.
+    let mut reader = HeadersReader::new();
+    raw.headers.visit(&mut |k, v| reader.put(k, v));
+    let bytes = decompress(raw, reader.extra("compression"))?;
     let body = serializer.deserialize(&bytes)?;
 
-    let (protocol, headers, (args, kwargs, embed)) = if raw.headers.contains_key("task") {
+    let (protocol, headers, (args, kwargs, embed)) = if reader.has_task() {
         match body {
             // `'args' in message.payload`: a v1-style body under v2 headers.
             Value::Object(fields) if fields.contains_key("args") => {
                 let (headers, parts) = hybrid(&raw.headers, fields)?;
                 (ProtocolVersion::V1, headers, parts)
             }
-            body => (
-                ProtocolVersion::V2,
-                TaskHeaders::from_map(&raw.headers)?,
-                parse_v2_body(body)?,
-            ),
+            body => (ProtocolVersion::V2, reader.finish()?, parse_v2_body(body)?),
         }
     } else {
         match body {
@@ -124,8 +126,11 @@ pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> 
 }
 
 /// The body with any kombu compression undone (`compression` header).
-fn decompress(raw: &RawMessage) -> Result<Cow<'_, [u8]>, DecodeError> {
-    match raw.headers.get("compression") {
+fn decompress<'a>(
+    raw: &'a RawMessage,
+    compression: Option<&Value>,
+) -> Result<Cow<'a, [u8]>, DecodeError> {
+    match compression {
         None | Some(Value::Null) => Ok(Cow::Borrowed(&raw.body)),
         Some(Value::String(mime)) if mime == ZLIB_MIME => {
             let mut out = Vec::with_capacity(raw.body.len() * 4);

@@ -106,7 +106,7 @@ pub fn encode(msg: &TaskMessage) -> Result<RawMessage, EncodeError> {
         body,
         content_type: msg.serializer.content_type().to_string(),
         content_encoding: msg.serializer.content_encoding().to_string(),
-        headers,
+        headers: headers.into(),
         properties,
         delivery_info: msg.delivery_info.clone(),
     })

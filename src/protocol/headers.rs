@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::decode::{DecodeError, parse_iso8601};
+use super::raw_headers::{HeaderValue, Headers};
 
 /// Celery's task headers. Known headers are typed; anything else (custom `headers=`
 /// from `apply_async`, `compression`, `redelivered`, broker additions) is kept in
@@ -108,23 +109,46 @@ pub const KNOWN_HEADERS: [&str; 19] = [
     "stamps",
 ];
 
+/// The rank of each header's check: when several headers are wrong, the error reported is
+/// the one of the lowest rank (missing `task`, then missing `id`, then the typed headers).
+const RANKS: [(&str, u8); 19] = [
+    ("task", 0),
+    ("id", 1),
+    ("retries", 2),
+    ("timelimit", 3),
+    ("group_index", 4),
+    ("ignore_result", 5),
+    ("stamped_headers", 6),
+    ("stamps", 7),
+    ("lang", 8),
+    ("shadow", 9),
+    ("eta", 10),
+    ("expires", 11),
+    ("group", 12),
+    ("root_id", 13),
+    ("parent_id", 14),
+    ("argsrepr", 15),
+    ("kwargsrepr", 16),
+    ("origin", 17),
+    ("replaced_task_nesting", 18),
+];
+
 /// A string header that may be absent or null.
-fn opt_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, DecodeError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(DecodeError::header(
+fn opt_string(name: &str, v: HeaderValue<'_>) -> Result<Option<String>, DecodeError> {
+    match v {
+        HeaderValue::Null => Ok(None),
+        HeaderValue::Str(s) => Ok(Some(s.into_owned())),
+        other => Err(DecodeError::header(
             name,
             format!("expected a string or null, got {other}"),
         )),
     }
 }
 
-fn required_string(map: &Map<String, Value>, name: &'static str) -> Result<String, DecodeError> {
-    match map.get(name) {
-        None => Err(DecodeError::MissingHeader(name)),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(DecodeError::header(
+fn required_string(name: &str, v: HeaderValue<'_>) -> Result<String, DecodeError> {
+    match v {
+        HeaderValue::Str(s) => Ok(s.into_owned()),
+        other => Err(DecodeError::header(
             name,
             format!("expected a string, got {other}"),
         )),
@@ -132,28 +156,28 @@ fn required_string(map: &Map<String, Value>, name: &'static str) -> Result<Strin
 }
 
 /// `eta` / `expires`: `maybe_iso8601` treats a missing, null or empty value as unset.
-fn opt_time(map: &Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>>, DecodeError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => parse_iso8601(s)
+fn opt_time(name: &str, v: HeaderValue<'_>) -> Result<Option<DateTime<Utc>>, DecodeError> {
+    match v {
+        HeaderValue::Null => Ok(None),
+        HeaderValue::Str(s) if s.is_empty() => Ok(None),
+        HeaderValue::Str(s) => parse_iso8601(&s)
             .map(Some)
             .map_err(|e| DecodeError::header(name, e)),
-        Some(other) => Err(DecodeError::header(
+        other => Err(DecodeError::header(
             name,
             format!("expected an ISO-8601 string, got {other}"),
         )),
     }
 }
 
-/// An integer header; missing or null gives `default`.
-fn int_or(map: &Map<String, Value>, name: &str, default: i64) -> Result<i64, DecodeError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n
+/// An integer header; null gives `default`.
+fn int_or(name: &str, v: HeaderValue<'_>, default: i64) -> Result<i64, DecodeError> {
+    match v {
+        HeaderValue::Null => Ok(default),
+        HeaderValue::Num(n) => n
             .as_i64()
             .ok_or_else(|| DecodeError::header(name, format!("expected an integer, got {n}"))),
-        Some(other) => Err(DecodeError::header(
+        other => Err(DecodeError::header(
             name,
             format!("expected an integer, got {other}"),
         )),
@@ -188,110 +212,206 @@ fn seconds_value(secs: Option<f64>) -> Value {
     }
 }
 
+/// Reads headers one at a time, in any order, into [`TaskHeaders`]: the one place that
+/// knows what each header may hold, whatever form a transport hands them in (a JSON map,
+/// an AMQP field table, the Redis envelope's JSON).
+pub(crate) struct HeadersReader {
+    headers: TaskHeaders,
+    has_task: bool,
+    has_id: bool,
+    /// Wrong headers, by rank (see [`RANKS`]); a header seen again replaces its entry.
+    errors: Vec<(u8, DecodeError)>,
+}
+
+impl HeadersReader {
+    pub(crate) fn new() -> Self {
+        HeadersReader {
+            headers: TaskHeaders::default(),
+            has_task: false,
+            has_id: false,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Whether a `task` header was seen (a protocol v2 message).
+    pub(crate) fn has_task(&self) -> bool {
+        self.has_task
+    }
+
+    /// A header kept as it came (unknown to [`TaskHeaders`]), e.g. `compression`.
+    pub(crate) fn extra(&self, name: &str) -> Option<&Value> {
+        self.headers.extra.get(name)
+    }
+
+    /// Read one header. A header given twice keeps the last value, as a JSON map does.
+    pub(crate) fn put(&mut self, name: &str, v: HeaderValue<'_>) {
+        let Some(rank) = RANKS.iter().find(|(n, _)| *n == name).map(|(_, r)| *r) else {
+            self.headers.extra.insert(name.to_owned(), v.into_value());
+            return;
+        };
+        if !self.errors.is_empty() {
+            self.errors.retain(|(r, _)| *r != rank);
+        }
+        if let Err(e) = self.read(rank, v) {
+            self.errors.push((rank, e));
+        }
+    }
+
+    fn read(&mut self, rank: u8, v: HeaderValue<'_>) -> Result<(), DecodeError> {
+        let h = &mut self.headers;
+        let name = RANKS[usize::from(rank)].0;
+        match rank {
+            0 => {
+                self.has_task = true;
+                h.task = required_string(name, v)?;
+            }
+            1 => {
+                self.has_id = true;
+                h.id = required_string(name, v)?;
+            }
+            2 => {
+                let retries = int_or(name, v, 0)?;
+                h.retries = u32::try_from(retries).map_err(|_| {
+                    DecodeError::header(name, format!("{retries} is not a retry count"))
+                })?;
+            }
+            // `if timelimit: self.time_limits = timelimit`: null or [] = no limits; a
+            // one-item list gives only the hard limit.
+            3 => {
+                h.timelimit = match v {
+                    HeaderValue::Null => (None, None),
+                    HeaderValue::Json(items) => match items.as_ref() {
+                        Value::Array(items) if items.len() <= 2 => {
+                            (limit(items.first())?, limit(items.get(1))?)
+                        }
+                        other => {
+                            return Err(DecodeError::header(
+                                name,
+                                format!("expected [hard, soft], got {other}"),
+                            ));
+                        }
+                    },
+                    other => {
+                        return Err(DecodeError::header(
+                            name,
+                            format!("expected [hard, soft], got {other}"),
+                        ));
+                    }
+                }
+            }
+            4 => {
+                h.group_index = match v {
+                    HeaderValue::Null => None,
+                    HeaderValue::Num(n) => Some(n.as_i64().ok_or_else(|| {
+                        DecodeError::header(name, format!("expected an integer, got {n}"))
+                    })?),
+                    other => {
+                        return Err(DecodeError::header(
+                            name,
+                            format!("expected an integer or null, got {other}"),
+                        ));
+                    }
+                }
+            }
+            5 => {
+                h.ignore_result = match v {
+                    HeaderValue::Null => None,
+                    HeaderValue::Bool(b) => Some(b),
+                    // Python reads the header for its truth value.
+                    HeaderValue::Num(n) => Some(n.as_f64() != Some(0.0)),
+                    other => {
+                        return Err(DecodeError::header(
+                            name,
+                            format!("expected a boolean or null, got {other}"),
+                        ));
+                    }
+                }
+            }
+            6 => {
+                h.stamped_headers = match v {
+                    HeaderValue::Null => None,
+                    HeaderValue::Json(items) if items.is_array() => Some(
+                        items
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|v| v.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| {
+                                DecodeError::header(name, "expected a list of strings")
+                            })?,
+                    ),
+                    other => {
+                        return Err(DecodeError::header(
+                            name,
+                            format!("expected a list or null, got {other}"),
+                        ));
+                    }
+                }
+            }
+            7 => {
+                h.stamps = match v {
+                    HeaderValue::Null => Map::new(),
+                    HeaderValue::Json(m) if m.is_object() => match m.into_owned() {
+                        Value::Object(m) => m,
+                        _ => Map::new(),
+                    },
+                    other => {
+                        return Err(DecodeError::header(
+                            name,
+                            format!("expected a mapping, got {other}"),
+                        ));
+                    }
+                }
+            }
+            8 => h.lang = opt_string(name, v)?,
+            9 => h.shadow = opt_string(name, v)?,
+            10 => h.eta = opt_time(name, v)?,
+            11 => h.expires = opt_time(name, v)?,
+            12 => h.group = opt_string(name, v)?,
+            13 => h.root_id = opt_string(name, v)?,
+            14 => h.parent_id = opt_string(name, v)?,
+            15 => h.argsrepr = opt_string(name, v)?,
+            16 => h.kwargsrepr = opt_string(name, v)?,
+            17 => h.origin = opt_string(name, v)?,
+            _ => h.replaced_task_nesting = int_or(name, v, 0)?,
+        }
+        Ok(())
+    }
+
+    /// The headers read, or the error of the lowest rank: `task` and `id` are required,
+    /// everything else follows the worker's `.get()` defaults.
+    pub(crate) fn finish(self) -> Result<TaskHeaders, DecodeError> {
+        if !self.has_task {
+            return Err(DecodeError::MissingHeader("task"));
+        }
+        match self.errors.into_iter().min_by_key(|(rank, _)| *rank) {
+            Some((0, err)) => Err(err),
+            _ if !self.has_id => Err(DecodeError::MissingHeader("id")),
+            Some((_, err)) => Err(err),
+            None => Ok(self.headers),
+        }
+    }
+}
+
 impl TaskHeaders {
     /// Read Celery's v2 headers (also used for v1 bodies and hybrid messages, whose
     /// fields are the same). `task` and `id` are required; everything else follows the
     /// worker's `.get()` defaults. Unknown headers go to [`TaskHeaders::extra`] in order.
     pub fn from_map(map: &Map<String, Value>) -> Result<Self, DecodeError> {
-        let task = required_string(map, "task")?;
-        let id = required_string(map, "id")?;
-        let retries = int_or(map, "retries", 0)?;
-        let retries = u32::try_from(retries).map_err(|_| {
-            DecodeError::header("retries", format!("{retries} is not a retry count"))
-        })?;
-        // `if timelimit: self.time_limits = timelimit`: missing, null or [] = no limits;
-        // a one-item list gives only the hard limit.
-        let timelimit = match map.get("timelimit") {
-            None | Some(Value::Null) => (None, None),
-            Some(Value::Array(items)) if items.len() <= 2 => {
-                (limit(items.first())?, limit(items.get(1))?)
-            }
-            Some(other) => {
-                return Err(DecodeError::header(
-                    "timelimit",
-                    format!("expected [hard, soft], got {other}"),
-                ));
-            }
-        };
-        let group_index = match map.get("group_index") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
-                DecodeError::header("group_index", format!("expected an integer, got {n}"))
-            })?),
-            Some(other) => {
-                return Err(DecodeError::header(
-                    "group_index",
-                    format!("expected an integer or null, got {other}"),
-                ));
-            }
-        };
-        let ignore_result = match map.get("ignore_result") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            // Python reads the header for its truth value.
-            Some(Value::Number(n)) => Some(n.as_f64() != Some(0.0)),
-            Some(other) => {
-                return Err(DecodeError::header(
-                    "ignore_result",
-                    format!("expected a boolean or null, got {other}"),
-                ));
-            }
-        };
-        let stamped_headers = match map.get("stamped_headers") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        DecodeError::header("stamped_headers", "expected a list of strings")
-                    })?,
-            ),
-            Some(other) => {
-                return Err(DecodeError::header(
-                    "stamped_headers",
-                    format!("expected a list or null, got {other}"),
-                ));
-            }
-        };
-        let stamps = match map.get("stamps") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(other) => {
-                return Err(DecodeError::header(
-                    "stamps",
-                    format!("expected a mapping, got {other}"),
-                ));
-            }
-        };
-        let extra = map
-            .iter()
-            .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        Ok(TaskHeaders {
-            lang: opt_string(map, "lang")?,
-            task,
-            id,
-            shadow: opt_string(map, "shadow")?,
-            eta: opt_time(map, "eta")?,
-            expires: opt_time(map, "expires")?,
-            group: opt_string(map, "group")?,
-            group_index,
-            retries,
-            timelimit,
-            root_id: opt_string(map, "root_id")?,
-            parent_id: opt_string(map, "parent_id")?,
-            argsrepr: opt_string(map, "argsrepr")?,
-            kwargsrepr: opt_string(map, "kwargsrepr")?,
-            origin: opt_string(map, "origin")?,
-            ignore_result,
-            replaced_task_nesting: int_or(map, "replaced_task_nesting", 0)?,
-            stamped_headers,
-            stamps,
-            extra,
-        })
+        let mut reader = HeadersReader::new();
+        for (k, v) in map {
+            reader.put(k, HeaderValue::of(v));
+        }
+        reader.finish()
+    }
+
+    /// [`TaskHeaders::from_map`] over a message's [`Headers`], read from the transport's own
+    /// form when it has one (no JSON map built).
+    pub fn from_headers(headers: &Headers) -> Result<Self, DecodeError> {
+        let mut reader = HeadersReader::new();
+        headers.visit(&mut |k, v| reader.put(k, v));
+        reader.finish()
     }
 
     /// The header map in Celery's order, as `as_task_v2` builds it: `lang` defaults to
@@ -420,6 +540,27 @@ mod tests {
         let m = h.to_map();
         assert_eq!(m.keys().skip(19).collect::<Vec<_>>(), ["z-last", "a-first"]);
         assert_eq!(m.keys().take(19).collect::<Vec<_>>(), KNOWN_HEADERS);
+    }
+
+    /// Several wrong headers at once: the one reported does not depend on their order.
+    #[test]
+    fn the_first_check_in_celery_order_is_the_one_reported() {
+        let name = |v: Value| match headers(v) {
+            Err(DecodeError::InvalidHeader { name, .. }) => name,
+            Err(DecodeError::MissingHeader(name)) => format!("missing {name}"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(name(json!({"eta": 1, "id": 2})), "missing task");
+        assert_eq!(name(json!({"eta": 1, "task": 2})), "task");
+        assert_eq!(name(json!({"eta": 1, "task": "t"})), "missing id");
+        assert_eq!(
+            name(json!({"eta": 1, "origin": 2, "task": "t", "retries": "x", "id": "i"})),
+            "retries"
+        );
+        assert_eq!(
+            name(json!({"replaced_task_nesting": "x", "lang": 1, "task": "t", "id": "i"})),
+            "lang"
+        );
     }
 
     #[test]

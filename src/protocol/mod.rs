@@ -11,6 +11,7 @@ pub mod encode;
 pub mod exception;
 pub mod headers;
 pub mod kombu;
+pub(crate) mod raw_headers;
 pub mod result_meta;
 
 use serde_json::{Map, Value};
@@ -20,6 +21,7 @@ pub use decode::{DecodeError, decode};
 pub use encode::{EncodeError, encode};
 pub use exception::ExceptionInfo;
 pub use headers::TaskHeaders;
+pub use raw_headers::Headers;
 pub use result_meta::{ResultMeta, TaskState};
 
 /// The transport-neutral form of one kombu message (PROTOCOL.md section 0).
@@ -36,8 +38,9 @@ pub struct RawMessage {
     pub content_type: String,
     /// `utf-8` for JSON, `binary` for msgpack.
     pub content_encoding: String,
-    /// Application headers (Celery's task headers for protocol v2, empty for v1).
-    pub headers: Map<String, Value>,
+    /// Application headers (Celery's task headers for protocol v2, empty for v1): a JSON
+    /// map to read and change, which a transport may fill lazily from its own form.
+    pub headers: Headers,
     /// Message properties: `correlation_id`, `reply_to`, `delivery_mode`, `priority`,
     /// `expiration`, and anything else the sender put there. Transport bookkeeping
     /// (`delivery_info`, `delivery_tag`, `body_encoding`) is not kept here.

@@ -381,7 +381,7 @@ pub(crate) fn unpack(buf: &[u8]) -> Option<RawMessage> {
         body,
         content_type,
         content_encoding,
-        headers,
+        headers: headers.into(),
         properties,
         delivery_info: DeliveryInfo {
             exchange,
@@ -706,7 +706,7 @@ mod tests {
             "upper": "0E4F0B8C-0000-4000-8000-000000000001", "braced": "{0e4f0b8c-0000-4000-8000-000000000001}",
             "simple": "0e4f0b8c000040008000000000000001", "nested": [[{"a": [true, false]}]],
         });
-        msg.headers = headers.as_object().unwrap().clone();
+        msg.headers = headers.as_object().unwrap().clone().into();
         msg.properties = json!({"correlation_id": "x", "reply_to": "r", "priority": 0})
             .as_object()
             .unwrap()

@@ -94,7 +94,7 @@ pub fn sample(id: &str, priority: Option<u8>) -> RawMessage {
             .into_bytes(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),
-        headers,
+        headers: headers.into(),
         properties,
         ..Default::default()
     }

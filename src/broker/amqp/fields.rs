@@ -6,10 +6,12 @@
 //! a header written by any client decodes in one place, [`crate::protocol`].
 
 use super::super::{BrokerError, lossless_text};
-use crate::protocol::{DeliveryInfo, RawMessage};
+use crate::protocol::raw_headers::{HeaderSource, HeaderValue};
+use crate::protocol::{DeliveryInfo, Headers, RawMessage};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 
 /// A JSON value as py-amqp would write the same Python value.
 pub(crate) fn to_amqp(value: &Value) -> Result<AMQPValue, BrokerError> {
@@ -85,6 +87,53 @@ pub(crate) fn from_table(table: &FieldTable) -> Map<String, Value> {
         .collect()
 }
 
+/// An AMQP value as a header value, text borrowed when it is valid UTF-8.
+fn header_value(value: &AMQPValue) -> HeaderValue<'_> {
+    fn text(bytes: &[u8]) -> Cow<'_, str> {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(lossless_text(bytes)),
+        }
+    }
+    match value {
+        AMQPValue::Void => HeaderValue::Null,
+        AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+        AMQPValue::ShortString(s) => HeaderValue::Str(Cow::Borrowed(s.as_str())),
+        AMQPValue::LongString(s) => HeaderValue::Str(text(s.as_bytes())),
+        AMQPValue::ByteArray(b) => HeaderValue::Str(text(b.as_slice())),
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => {
+            HeaderValue::Json(Cow::Owned(from_amqp(value)))
+        }
+        other => match from_amqp(other) {
+            Value::Number(n) => HeaderValue::Num(n),
+            _ => HeaderValue::Null,
+        },
+    }
+}
+
+/// A delivery's properties, kept whole so that its headers are read from lapin's field
+/// table straight into the task headers, not copied into a JSON map first.
+#[derive(Debug)]
+struct AmqpHeaders(BasicProperties);
+
+impl HeaderSource for AmqpHeaders {
+    fn to_map(&self) -> Map<String, Value> {
+        self.0
+            .headers()
+            .as_ref()
+            .map(from_table)
+            .unwrap_or_default()
+    }
+
+    fn visit(&self, each: &mut dyn FnMut(&str, HeaderValue<'_>)) {
+        if let Some(table) = self.0.headers() {
+            for (k, v) in table.inner() {
+                each(k.as_str(), header_value(v));
+            }
+        }
+    }
+}
+
 fn float(f: f64) -> Value {
     Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
@@ -150,10 +199,11 @@ pub(crate) fn properties(msg: &RawMessage) -> Result<BasicProperties, BrokerErro
 }
 
 /// A received AMQP message as a [`RawMessage`]: the body untouched, properties as kombu's
-/// `Message.properties` shows them, headers as JSON, routing in `delivery_info`.
+/// `Message.properties` shows them, headers as JSON (read from the field table only when
+/// asked for), routing in `delivery_info`.
 pub(crate) fn raw_message(
     body: Vec<u8>,
-    props: &BasicProperties,
+    props: BasicProperties,
     exchange: &str,
     routing_key: &str,
     redelivered: bool,
@@ -185,17 +235,21 @@ pub(crate) fn raw_message(
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default()
     };
+    let delivery_priority = *props.priority();
     RawMessage {
         body,
         content_type: name(props.content_type()),
         content_encoding: name(props.content_encoding()),
-        headers: props.headers().as_ref().map(from_table).unwrap_or_default(),
         properties,
         delivery_info: DeliveryInfo {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
-            priority: *props.priority(),
+            priority: delivery_priority,
             redelivered,
+        },
+        headers: match props.headers() {
+            Some(_) => Headers::from_source(Box::new(AmqpHeaders(props))),
+            None => Headers::default(),
         },
     }
 }
@@ -219,6 +273,63 @@ mod tests {
         assert_eq!(table.inner()["big"], AMQPValue::LongLongInt(5_000_000_000));
         assert_eq!(table.inner()["eta"], AMQPValue::Void);
         assert_eq!(&from_table(&table), map);
+    }
+
+    /// A delivery's headers read straight from the field table give the same task headers
+    /// as the JSON map they make, and that map is the one a reader of `headers` sees.
+    #[test]
+    fn headers_read_from_the_table_match_the_json_map() {
+        use crate::protocol::TaskHeaders;
+        let headers = json!({
+            "lang": "py", "task": "tasks.add", "id": "0b0e", "shadow": null,
+            "eta": "2026-12-04T10:00:00.5+01:00", "expires": null, "group": "g",
+            "group_index": 3, "retries": 2, "timelimit": [10, 2.5], "root_id": "r",
+            "parent_id": null, "argsrepr": "(2, 3)", "kwargsrepr": "{}", "origin": "gen@x",
+            "ignore_result": true, "replaced_task_nesting": 1, "stamped_headers": ["s"],
+            "stamps": {"s": [1, "x"]}, "x-custom": {"deep": [null, 5_000_000_000_i64]},
+            "compression": "application/x-gzip"
+        });
+        let mut table = to_table(headers.as_object().unwrap()).unwrap();
+        // Text a Java or Go client may send: a short string, raw bytes, not UTF-8.
+        table.insert("origin".into(), AMQPValue::ShortString("gen@y".into()));
+        table.insert(
+            "shadow".into(),
+            AMQPValue::LongString(LongString::from(&b"a\xffb"[..])),
+        );
+        table.insert("retries".into(), AMQPValue::ShortShortUInt(4));
+        let props = BasicProperties::default().with_headers(table.clone());
+        let raw = raw_message(b"[]".to_vec(), props, "", "celery", false);
+        let fast = TaskHeaders::from_headers(&raw.headers).unwrap();
+        let map = from_table(&table);
+        assert_eq!(fast, TaskHeaders::from_map(&map).unwrap());
+        assert_eq!(fast.shadow.as_deref(), Some("a\u{ff}b"));
+        assert_eq!((fast.origin.as_deref(), fast.retries), (Some("gen@y"), 4));
+        assert_eq!(fast.timelimit, (Some(10.0), Some(2.5)));
+        assert_eq!(
+            fast.extra["x-custom"],
+            json!({"deep": [null, 5_000_000_000_i64]})
+        );
+        assert_eq!(raw.headers, map);
+
+        // Wrong headers are reported the same way from either form.
+        let mut bad = table.clone();
+        bad.insert("retries".into(), AMQPValue::LongString("many".into()));
+        bad.insert("eta".into(), AMQPValue::Boolean(true));
+        let raw = raw_message(
+            Vec::new(),
+            BasicProperties::default().with_headers(bad.clone()),
+            "",
+            "celery",
+            false,
+        );
+        let fast = TaskHeaders::from_headers(&raw.headers).unwrap_err();
+        assert_eq!(
+            fast.to_string(),
+            TaskHeaders::from_map(&from_table(&bad))
+                .unwrap_err()
+                .to_string()
+        );
+        assert!(fast.to_string().contains("retries"), "{fast}");
     }
 
     #[test]
@@ -252,7 +363,7 @@ mod tests {
         msg.properties.insert("priority".into(), json!(3));
         let props = properties(&msg).unwrap();
         assert_eq!(*props.delivery_mode(), Some(2), "persistent by default");
-        let back = raw_message(msg.body.clone(), &props, "celery", "celery", true);
+        let back = raw_message(msg.body.clone(), props, "celery", "celery", true);
         assert_eq!(back.content_type, "application/json");
         assert_eq!(back.properties["correlation_id"], json!("id-1"));
         assert_eq!(back.properties["reply_to"], json!("r-1"));

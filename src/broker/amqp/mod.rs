@@ -614,7 +614,7 @@ impl AmqpReplyQueue {
             }),
             Ok(Some(Ok(d))) => Ok(Some(fields::raw_message(
                 d.data,
-                &d.properties,
+                d.properties,
                 d.exchange.as_str(),
                 d.routing_key.as_str(),
                 d.redelivered,
@@ -743,7 +743,7 @@ async fn run_session(
             Some((queue, Ok(d))) => {
                 let message = fields::raw_message(
                     d.data,
-                    &d.properties,
+                    d.properties,
                     d.exchange.as_str(),
                     d.routing_key.as_str(),
                     d.redelivered,

@@ -111,7 +111,7 @@ pub(super) async fn consume(
                 match item {
                     Ok(d) => on_reply(fields::raw_message(
                         d.data,
-                        &d.properties,
+                        d.properties,
                         d.exchange.as_str(),
                         d.routing_key.as_str(),
                         d.redelivered,
