@@ -289,11 +289,13 @@ impl Worker {
                     if let Some(trimmer) = &trimmer {
                         trimmer.taken();
                     }
-                    running.spawn(pipeline::process(
+                    // Boxed: the task then holds a pointer, and the pipeline's future (about
+                    // 5 KB) is not copied again into the task, nor over by its output.
+                    running.spawn(Box::pin(pipeline::process(
                         shared.clone(),
                         delivery,
                         pipeline::Turn::default(),
-                    ));
+                    )));
                 }
                 Err(err) if err.is_connection_error() => {
                     tracing::warn!(error = %err, retry_in = ?backoff, "broker connection lost");
