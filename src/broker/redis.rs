@@ -77,7 +77,8 @@ use super::{
     RetryPolicy, lossless_text, mark_redelivered, message_priority, rotate,
 };
 use crate::protocol::kombu::to_python_json;
-use crate::protocol::{DeliveryInfo, RawMessage};
+use crate::protocol::raw_headers::{HeaderSource, HeaderValue, visit_json_object};
+use crate::protocol::{DeliveryInfo, Headers, RawMessage};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use ::redis::{
     AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script,
@@ -823,8 +824,8 @@ struct Wire<'a> {
     content_encoding: Option<String>,
     #[serde(rename = "content-type", default)]
     content_type: Option<String>,
-    #[serde(default, deserialize_with = "sized_map_or_null")]
-    headers: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    headers: Option<&'a serde_json::value::RawValue>,
     #[serde(deserialize_with = "sized_map")]
     properties: Map<String, Value>,
 }
@@ -835,8 +836,6 @@ struct Wire<'a> {
 /// headers, 5 properties besides the 3 transport keys taken out.
 struct SizedMap(usize);
 
-/// Room for a Celery protocol 2 message's headers.
-const HEADERS_ROOM: usize = 24;
 /// Room for kombu's properties.
 const PROPERTIES_ROOM: usize = 8;
 
@@ -864,12 +863,6 @@ impl<'de> serde::de::Visitor<'de> for SizedMap {
     }
 }
 
-fn sized_map_or_null<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Map<String, Value>>, D::Error> {
-    d.deserialize_any(SizedMap(HEADERS_ROOM))
-}
-
 fn sized_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
     match d.deserialize_map(SizedMap(PROPERTIES_ROOM))? {
         Some(map) => Ok(map),
@@ -882,8 +875,23 @@ struct Parts<'a> {
     body: Option<std::borrow::Cow<'a, str>>,
     content_type: String,
     content_encoding: String,
-    headers: Map<String, Value>,
+    headers: Headers,
     props: Map<String, Value>,
+}
+
+/// An envelope's `headers` object as it came (JSON text), read straight into the task
+/// headers; the JSON map is built only when someone reads it.
+#[derive(Debug)]
+struct JsonHeaders(Box<serde_json::value::RawValue>);
+
+impl HeaderSource for JsonHeaders {
+    fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    fn visit(&self, each: &mut dyn FnMut(&str, HeaderValue<'_>)) {
+        visit_json_object(self.0.get(), each);
+    }
 }
 
 /// [`decode_envelope`], also returning `properties.delivery_tag` when it is a string.
@@ -901,7 +909,12 @@ fn decode_fast(bytes: &[u8]) -> Option<Parts<'_>> {
         body: w.body.map(|t| t.0),
         content_type: w.content_type.unwrap_or_default(),
         content_encoding: w.content_encoding.unwrap_or_default(),
-        headers: w.headers.unwrap_or_default(),
+        headers: match w.headers {
+            None => Headers::default(),
+            // Anything but an object goes the slow way, which says what is wrong.
+            Some(raw) if !raw.get().starts_with('{') => return None,
+            Some(raw) => Headers::from_source(Box::new(JsonHeaders(raw.to_owned()))),
+        },
         props: w.properties,
     })
 }
@@ -953,7 +966,7 @@ fn assemble(parts: Parts<'_>) -> Result<(RawMessage, Option<String>), String> {
             body,
             content_type,
             content_encoding,
-            headers: headers.into(),
+            headers,
             properties: props,
             delivery_info,
         },
@@ -995,7 +1008,7 @@ fn decode_slow(bytes: &[u8]) -> Result<Parts<'static>, String> {
         body,
         content_type,
         content_encoding,
-        headers,
+        headers: headers.into(),
         props,
     })
 }
@@ -1962,7 +1975,7 @@ mod tests {
     #[test]
     fn the_one_pass_decode_reads_every_captured_envelope_as_the_value_path_does() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/redis");
-        let mut seen = 0;
+        let (mut seen, mut typed_seen) = (0, 0);
         for sub in ["broker", "ack-emulation", "worker-default"] {
             for entry in std::fs::read_dir(format!("{dir}/{sub}")).unwrap() {
                 let path = entry.unwrap().path();
@@ -1976,12 +1989,40 @@ mod tests {
                 let fast = decode_fast(&bytes).map(assemble);
                 let slow = decode_slow(&bytes).map(assemble);
                 assert!(fast.is_some(), "{path:?}");
-                assert_eq!(fast.unwrap(), slow.unwrap(), "{path:?}");
+                let (fast, slow) = (fast.unwrap().unwrap().0, slow.unwrap().unwrap().0);
+                // The task headers read straight from the envelope's JSON are the ones
+                // its header map gives (before anything asks for that map).
+                if slow.headers.contains_key("task") {
+                    let typed = crate::protocol::TaskHeaders::from_headers(&fast.headers);
+                    assert_eq!(
+                        typed.unwrap(),
+                        crate::protocol::TaskHeaders::from_map(&slow.headers).unwrap(),
+                        "{path:?}"
+                    );
+                    typed_seen += 1;
+                }
+                assert_eq!(fast, slow, "{path:?}");
                 seen += 1;
             }
         }
         assert!(seen >= 10, "only {seen} envelopes found");
-        // What the struct rejects goes the Value way: duplicate keys, null properties.
+        assert!(typed_seen >= 5, "only {typed_seen} task envelopes found");
+        // What the struct rejects goes the Value way: duplicate keys, null properties,
+        // headers that are not an object.
+        let odd = br#"{"headers": [1], "properties": {}}"#;
+        assert!(decode_fast(odd).is_none());
+        assert!(
+            decode_parts(odd)
+                .unwrap_err()
+                .contains("headers is not an object")
+        );
+        // Escaped keys and text in the headers read as the map reads them.
+        let esc = br#"{"headers": {"t\u0061sk": "a\"b", "id": "i\n", "x-\u00e9": [1]}, "properties": {}}"#;
+        let (m, _) = decode_parts(esc).unwrap();
+        let typed = crate::protocol::TaskHeaders::from_headers(&m.headers).unwrap();
+        assert_eq!((typed.task.as_str(), typed.id.as_str()), ("a\"b", "i\n"));
+        assert_eq!(typed.extra["x-\u{e9}"], serde_json::json!([1]));
+        assert_eq!(m.headers.get("task"), Some(&serde_json::json!("a\"b")));
         let dup = br#"{"body": "e30=", "body": "W10=", "properties": {"body_encoding": "base64", "delivery_tag": "t"}}"#;
         assert!(decode_fast(dup).is_none());
         let (m, tag) = decode_parts(dup).unwrap();

@@ -66,6 +66,109 @@ impl fmt::Display for HeaderValue<'_> {
     }
 }
 
+/// A JSON value read as a header value: text borrowed from the input when it has no
+/// escapes, lists and mappings as JSON values.
+impl<'de> serde::Deserialize<'de> for HeaderValue<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(HeaderValueVisitor)
+    }
+}
+
+struct HeaderValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for HeaderValueVisitor {
+    type Value = HeaderValue<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Num(i.into()))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Num(u.into()))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(Number::from_f64(f).map_or(HeaderValue::Null, HeaderValue::Num))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Str(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(HeaderValue::Str(Cow::Owned(s)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(HeaderValue::Json(Cow::Owned(v)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(HeaderValue::Json(Cow::Owned(v)))
+    }
+}
+
+/// Hand every entry of a JSON object to `each`, its keys and text borrowed from `json`
+/// where they have no escapes. Anything but a well-formed object hands over nothing.
+pub(crate) fn visit_json_object(json: &str, each: &mut dyn FnMut(&str, HeaderValue<'_>)) {
+    struct Entries<'f>(&'f mut dyn FnMut(&str, HeaderValue<'_>));
+
+    /// A key, borrowed when it has no escapes.
+    struct Key<'a>(Cow<'a, str>);
+
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match <HeaderValue<'de> as serde::Deserialize<'de>>::deserialize(d)? {
+                HeaderValue::Str(s) => Ok(Key(s)),
+                _ => Err(serde::de::Error::custom("a key that is not a string")),
+            }
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Entries<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                let value = map.next_value::<HeaderValue<'de>>()?;
+                (self.0)(&key.0, value);
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(json);
+    let _ = serde::Deserializer::deserialize_map(&mut de, Entries(each));
+}
+
 /// A transport's own form of a message's headers.
 pub(crate) trait HeaderSource: Send + Sync + fmt::Debug {
     /// Every header, as JSON, in the order [`HeaderSource::visit`] gives them.
@@ -254,6 +357,27 @@ mod tests {
         let _ = h.get("task");
         let _ = h.get("id");
         assert_eq!(count(), 1);
+    }
+
+    #[test]
+    fn a_json_object_is_visited_as_its_map_reads() {
+        let json = r#"{"task": "t", "s": "a\"b", "n": -1, "u": 18446744073709551615,
+            "f": 1.5, "b": true, "z": null, "l": [1, {"x": "y"}], "m": {"k": []}, "n": 2}"#;
+        let map: Map<String, Value> = serde_json::from_str(json).unwrap();
+        let mut seen = Map::new();
+        visit_json_object(json, &mut |k, v| {
+            seen.insert(k.to_owned(), v.into_value());
+        });
+        assert_eq!(seen, map);
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            map.keys().collect::<Vec<_>>()
+        );
+        let mut borrowed = 0;
+        visit_json_object(r#"{"a": "plain", "b": "esc\n"}"#, &mut |_, v| {
+            borrowed += usize::from(matches!(v, HeaderValue::Str(Cow::Borrowed(_))));
+        });
+        assert_eq!(borrowed, 1);
     }
 
     #[test]
