@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::Embed;
 use super::decode::DecodeError;
+use super::raw_headers::HeaderValue;
 
 /// The embed keys Celery reads; any other key lands in [`Embed::extra`].
 const EMBED_KEYS: [&str; 4] = ["callbacks", "errbacks", "chain", "chord"];
@@ -68,6 +69,106 @@ pub fn parse_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
         }
     };
     Ok((args, kwargs, embed))
+}
+
+/// A JSON v2 body read straight into its parts, without a JSON value for the body and its
+/// embed map. `None` when this does not accept the body (anything but a well-formed
+/// `[list, object, object-or-null]` whose embed fields have the types Celery reads, or an
+/// object that could be a kombu marker): [`parse_v2_body`] over the value then gives the
+/// answer, and the error, as before.
+pub(crate) fn parse_v2_json(bytes: &[u8]) -> Option<BodyParts> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parts = serde::Deserializer::deserialize_seq(&mut de, BodyVisitor).ok()?;
+    de.end().ok()?;
+    Some(parts)
+}
+
+/// Whether a map could be a kombu marker object (`{"__type__": .., "__value__": ..}`).
+fn marker_like(map: &Map<String, Value>) -> bool {
+    map.contains_key(super::kombu::TYPE_KEY)
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = BodyParts;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[args, kwargs, embed]")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<BodyParts, A::Error> {
+        use serde::de::Error;
+        let args: Vec<Value> = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::custom("args"))?;
+        let kwargs: Map<String, Value> = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::custom("kwargs"))?;
+        let embed: EmbedWire = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::custom("embed"))?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() || marker_like(&kwargs) {
+            return Err(A::Error::custom("not the common shape"));
+        }
+        Ok((args, kwargs, embed.0))
+    }
+}
+
+/// The embed map (or null) read into an [`Embed`].
+struct EmbedWire(Embed);
+
+impl<'de> serde::Deserialize<'de> for EmbedWire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EmbedVisitor)
+    }
+}
+
+struct EmbedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EmbedVisitor {
+    type Value = EmbedWire;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an embed mapping or null")
+    }
+
+    fn visit_unit<E>(self) -> Result<EmbedWire, E> {
+        Ok(EmbedWire(Embed::default()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EmbedWire, A::Error> {
+        use serde::de::Error;
+        let mut embed = Embed::default();
+        let list = |v: Value| match v {
+            Value::Null => Ok(None),
+            Value::Array(items) => Ok(Some(items)),
+            _ => Err(A::Error::custom("not a list")),
+        };
+        while let Some(key) = map.next_key::<HeaderValue<'de>>()? {
+            let HeaderValue::Str(key) = key else {
+                return Err(A::Error::custom("a key that is not a string"));
+            };
+            let value: Value = map.next_value()?;
+            match key.as_ref() {
+                "callbacks" => embed.callbacks = list(value)?,
+                "errbacks" => embed.errbacks = list(value)?,
+                "chain" => embed.chain = list(value)?,
+                "chord" => {
+                    embed.chord = match value {
+                        Value::Null => None,
+                        sig @ Value::Object(_) => Some(sig),
+                        _ => return Err(A::Error::custom("not a signature")),
+                    }
+                }
+                super::kombu::TYPE_KEY => return Err(A::Error::custom("a marker")),
+                _ => {
+                    embed.extra.insert(key.into_owned(), value);
+                }
+            }
+        }
+        Ok(EmbedWire(embed))
+    }
 }
 
 /// Take `callbacks`, `errbacks` and `chord` out of a map (a v2 embed, or a v1 body),
@@ -171,6 +272,38 @@ mod tests {
             embed_to_value(&e),
             json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null, "x": 1})
         );
+    }
+
+    /// The one-pass JSON read gives what the value path gives, and leaves every body it
+    /// does not take (wrong shapes, markers, bad JSON) to that path.
+    #[test]
+    fn json_bodies_read_in_one_pass_as_the_value_path_reads_them() {
+        for body in [
+            json!([[], {}, null]),
+            json!([[1, "a", {"x": [null]}], {"k": 1.5}, {}]),
+            json!([[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]),
+            json!([[2, 3], {}, {"callbacks": [{"task": "t"}], "chain": [], "x": 1, "chord": {"task": "c"}}]),
+            json!([[], {}, {"chain": [1], "chain": null, "y": {"__type__": "bytes"}}]),
+        ] {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let fast = parse_v2_json(&bytes).unwrap_or_else(|| panic!("{body}"));
+            assert_eq!(fast, parse_v2_body(body.clone()).unwrap(), "{body}");
+        }
+        for text in [
+            r#"{}"#,
+            r#"[[], {}]"#,
+            r#"[[], {}, {}, 1]"#,
+            r#"[[], [], {}]"#,
+            r#"[[], {}, 3]"#,
+            r#"[[], {}, {"callbacks": {}}]"#,
+            r#"[[], {}, {"chord": []}]"#,
+            r#"[[], {"__type__": "bytes", "__value__": "x"}, {}]"#,
+            r#"[[], {}, {"__type__": "x"}]"#,
+            r#"[[], {}, {}] x"#,
+            r#"[[], {}, {}"#,
+        ] {
+            assert!(parse_v2_json(text.as_bytes()).is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -12,10 +12,12 @@ use std::io::Read;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
-use super::body::{BodyParts, embed_from_fields, parse_v2_body};
+use super::body::{BodyParts, embed_from_fields, parse_v2_body, parse_v2_json};
 use super::headers::HeadersReader;
-use super::kombu::{MarkerError, saferepr};
-use super::{DeliveryInfo, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage};
+use super::kombu::{MarkerError, check_markers, saferepr};
+use super::{
+    DeliveryInfo, Embed, ProtocolVersion, RawMessage, Serializer, TaskHeaders, TaskMessage,
+};
 
 /// kombu's mime type for its `gzip`/`zlib` compression (a zlib stream).
 pub const ZLIB_MIME: &str = "application/x-gzip";
@@ -92,6 +94,26 @@ pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> 
     let mut reader = HeadersReader::new();
     raw.headers.visit(&mut |k, v| reader.put(k, v));
     let bytes = decompress(raw, reader.extra("compression"))?;
+    if serializer == Serializer::Json
+        && reader.has_task()
+        && let Some((args, kwargs, embed)) = parse_v2_json(&bytes)
+    {
+        // The common case, read in one pass; the same marker check as the value path's.
+        args.iter()
+            .chain(kwargs.values())
+            .chain(embed_values(&embed))
+            .try_for_each(check_markers)?;
+        return Ok(TaskMessage {
+            protocol: ProtocolVersion::V2,
+            headers: reader.finish()?,
+            args,
+            kwargs,
+            embed,
+            properties: Map::new(),
+            serializer,
+            delivery_info: DeliveryInfo::default(),
+        });
+    }
     let body = serializer.deserialize(&bytes)?;
 
     let (protocol, headers, (args, kwargs, embed)) = if reader.has_task() {
@@ -123,6 +145,17 @@ pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> 
         serializer,
         delivery_info: DeliveryInfo::default(),
     })
+}
+
+/// Every value of an embed, for the marker check.
+fn embed_values(embed: &Embed) -> impl Iterator<Item = &Value> {
+    let lists = [&embed.callbacks, &embed.errbacks, &embed.chain];
+    lists
+        .into_iter()
+        .flatten()
+        .flatten()
+        .chain(embed.chord.iter())
+        .chain(embed.extra.values())
 }
 
 /// The body with any kombu compression undone (`compression` header).

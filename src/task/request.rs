@@ -135,7 +135,12 @@ impl Request {
         properties: &Map<String, Value>,
         hostname: &str,
     ) -> Request {
-        let prop = |key: &str| properties.get(key).and_then(Value::as_str).map(str::to_owned);
+        let prop = |key: &str| {
+            properties
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         Request {
             id: h.id.clone(),
             name: h.task.clone(),

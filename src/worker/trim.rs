@@ -50,10 +50,7 @@ impl Trimmer {
                 }
             });
         match spawned {
-            Ok(_) => Some(Trimmer {
-                taken,
-                _stop: stop,
-            }),
+            Ok(_) => Some(Trimmer { taken, _stop: stop }),
             Err(err) => {
                 tracing::warn!(error = %err, "could not start the heap-trimming thread");
                 None
