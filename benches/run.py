@@ -910,6 +910,39 @@ def best_of(bench: Bench, broker, workers: list[Worker], plan: Plan,
     return best, best_rate
 
 
+def threads_variant(w: Worker) -> Worker:
+    """The same Celeriac configuration with the other runtime threading: one thread
+    (``--threads 1``) if it has the default (a thread per CPU), the default if it has one."""
+    args = list(w.opts.get("args", []))
+    if "--threads" in args:
+        i = args.index("--threads")
+        del args[i:i + 2]
+        label = w.label.replace(" --threads 1", "")
+    else:
+        args += ["--threads", "1"]
+        label = f"{w.label} --threads 1"
+    return Worker("celeriac", label, {**w.opts, "args": args})
+
+
+def choose_for_round_trips(bench: Bench, broker, celeriac: Worker, report: dict) -> Worker:
+    """Celeriac's configuration for the round trips: the drains' choice or the same with the
+    other runtime threading, whichever gives Python's client the lower p50 in one round of
+    calls to both in turn. Throughput and latency want different things from the runtime:
+    a second thread helps a drain keep both cores busy, but every hand-off between the
+    threads is a wake-up on the path of a single call."""
+    other = threads_variant(celeriac)
+    log(f"round-trip sweep: Python's client to Celeriac ({celeriac.label}) and "
+        f"({other.label}) in turn")
+    lat = bench.round_trips(broker, [("celeriac", celeriac, 5), ("celeriac-b", other, 5)])
+    p50 = {name: percentile(lat[("python", name)], 50) / 1000
+           for name in ("celeriac", "celeriac-b")}
+    chosen = celeriac if p50["celeriac"] <= p50["celeriac-b"] else other
+    for name, w in (("celeriac", celeriac), ("celeriac-b", other)):
+        log(f"  {w.label}: p50 {p50[name]:.3f} ms")
+        report["rtt_sweep"].append((broker.name, w, p50[name], w is chosen))
+    return chosen
+
+
 def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
     name = broker.name
     sweep_log = report["sweep"]
@@ -959,7 +992,8 @@ def run_broker(bench: Bench, broker, plan: Plan, args, report: dict) -> None:
                     f"peak RSS {d.hwm_kb / 1024:.1f} MB (publisher {d.publish_rate:,.0f}/s)")
                 report["drain"].setdefault((name, mode, w.kind, w.label), []).append(d)
 
-    run_round_trips(bench, broker, plan, args, report, celeriac, celery, raws)
+    run_round_trips(bench, broker, plan, args, report,
+                    choose_for_round_trips(bench, broker, celeriac, report), celery, raws)
 
     if args.soak:
         run_soak(bench, broker, args, report, celeriac)
@@ -1013,6 +1047,7 @@ def run_round_trips(bench: Bench, broker, plan: Plan, args, report: dict, celeri
     """Round trips from both clients to Celeriac, Celery and the raw responder, repeated."""
     name = broker.name
     report["chosen"].setdefault(name, {"celeriac": celeriac.label, "celery": celery.label})
+    report["rtt_chosen"][name] = celeriac.label
     responder = next(w for w in raws if w.opts["mode"] in ("kombu", "each"))
     targets = [("celeriac", celeriac, 5), ("celery", celery, 5), ("raw", responder, None)]
     if args.compare_worker:
@@ -1137,6 +1172,22 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
       "each client calls them in turn, one call at a time, so all of them see the same load "
       "of the machine. The result backend is Redis in every case.")
     w("")
+    if report["rtt_chosen"]:
+        w("Celeriac runs " + "; ".join(f"on {b}: `{label}`"
+                                        for b, label in report["rtt_chosen"].items()) + ".")
+        w("")
+    if report["rtt_sweep"]:
+        w("Celeriac's runtime threading for the round trips is measured, as its configuration "
+          "for the drains is: its drains' choice and the same with the other threading (one "
+          f"runtime thread, or one per CPU) take one round of {args.calls:,} calls from Python's "
+          "client in turn, and the one with the lower p50 runs the round trips above. Celery "
+          "runs its drains' choice.")
+        w("")
+        w("| broker | configuration | Python client p50 (ms) |")
+        w("| --- | --- | --- |")
+        for broker, wk, p50, chosen in report["rtt_sweep"]:
+            w(f"| {broker} | {wk.label}{' **(chosen)**' if chosen else ''} | {p50:.3f} |")
+        w("")
     w("| broker | client | worker | p50 | p99 | p50 / the client's floor |")
     w("| --- | --- | --- | --- | --- | --- |")
     rtt = report["rtt"]
@@ -1444,7 +1495,8 @@ def main() -> int:
                           "started for the run without persistence (`--save '' "
                           "--appendonly no`), database 0")
         report = {"machine": machine(args.redis_url), "brokers": [], "drain": {}, "rtt": {},
-                  "hold": {}, "sweep": [], "chosen": {}, "load_before": load_average(),
+                  "hold": {}, "sweep": [], "chosen": {}, "rtt_sweep": [], "rtt_chosen": {},
+                  "load_before": load_average(),
                   "redis": redis_desc}
         bench = Bench(args, logs)
         for b in brokers:
