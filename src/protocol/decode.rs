@@ -94,44 +94,37 @@ pub(crate) fn decode_task(raw: &RawMessage) -> Result<TaskMessage, DecodeError> 
     let mut reader = HeadersReader::new();
     raw.headers.visit(&mut |k, v| reader.put(k, v));
     let bytes = decompress(raw, reader.extra("compression"))?;
-    if serializer == Serializer::Json
-        && reader.has_task()
-        && let Some((args, kwargs, embed)) = parse_v2_json(&bytes)
-    {
+    let fast = match serializer {
+        Serializer::Json if reader.has_task() => parse_v2_json(&bytes),
+        _ => None,
+    };
+    let (protocol, headers, (args, kwargs, embed)) = if let Some(parts) = fast {
         // The common case, read in one pass; the same marker check as the value path's.
+        let (args, kwargs, embed) = &parts;
         args.iter()
             .chain(kwargs.values())
-            .chain(embed_values(&embed))
+            .chain(embed_values(embed))
             .try_for_each(check_markers)?;
-        return Ok(TaskMessage {
-            protocol: ProtocolVersion::V2,
-            headers: reader.finish()?,
-            args,
-            kwargs,
-            embed,
-            properties: Map::new(),
-            serializer,
-            delivery_info: DeliveryInfo::default(),
-        });
-    }
-    let body = serializer.deserialize(&bytes)?;
-
-    let (protocol, headers, (args, kwargs, embed)) = if reader.has_task() {
-        match body {
-            // `'args' in message.payload`: a v1-style body under v2 headers.
-            Value::Object(fields) if fields.contains_key("args") => {
-                let (headers, parts) = hybrid(&raw.headers, fields)?;
-                (ProtocolVersion::V1, headers, parts)
-            }
-            body => (ProtocolVersion::V2, reader.finish()?, parse_v2_body(body)?),
-        }
+        (ProtocolVersion::V2, reader.finish()?, parts)
     } else {
-        match body {
-            Value::Object(fields) if fields.contains_key("task") => {
-                let (headers, parts) = proto1(fields)?;
-                (ProtocolVersion::V1, headers, parts)
+        let body = serializer.deserialize(&bytes)?;
+        if reader.has_task() {
+            match body {
+                // `'args' in message.payload`: a v1-style body under v2 headers.
+                Value::Object(fields) if fields.contains_key("args") => {
+                    let (headers, parts) = hybrid(&raw.headers, fields)?;
+                    (ProtocolVersion::V1, headers, parts)
+                }
+                body => (ProtocolVersion::V2, reader.finish()?, parse_v2_body(body)?),
             }
-            _ => return Err(DecodeError::NotATask),
+        } else {
+            match body {
+                Value::Object(fields) if fields.contains_key("task") => {
+                    let (headers, parts) = proto1(fields)?;
+                    (ProtocolVersion::V1, headers, parts)
+                }
+                _ => return Err(DecodeError::NotATask),
+            }
         }
     };
 
