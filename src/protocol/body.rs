@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::Embed;
 use super::decode::DecodeError;
-use super::raw_headers::HeaderValue;
+use super::raw_headers::Key;
 
 /// The embed keys Celery reads; any other key lands in [`Embed::extra`].
 const EMBED_KEYS: [&str; 4] = ["callbacks", "errbacks", "chain", "chord"];
@@ -145,10 +145,7 @@ impl<'de> serde::de::Visitor<'de> for EmbedVisitor {
             Value::Array(items) => Ok(Some(items)),
             _ => Err(A::Error::custom("not a list")),
         };
-        while let Some(key) = map.next_key::<HeaderValue<'de>>()? {
-            let HeaderValue::Str(key) = key else {
-                return Err(A::Error::custom("a key that is not a string"));
-            };
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value: Value = map.next_value()?;
             match key.as_ref() {
                 "callbacks" => embed.callbacks = list(value)?,

@@ -132,22 +132,22 @@ impl<'de> serde::de::Visitor<'de> for HeaderValueVisitor {
     }
 }
 
+/// A JSON object's key, borrowed from the input when it has no escapes.
+pub(crate) struct Key<'a>(pub Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match HeaderValue::deserialize(d)? {
+            HeaderValue::Str(s) => Ok(Key(s)),
+            _ => Err(serde::de::Error::custom("a key that is not a string")),
+        }
+    }
+}
+
 /// Hand every entry of a JSON object to `each`, its keys and text borrowed from `json`
 /// where they have no escapes. Anything but a well-formed object hands over nothing.
 pub(crate) fn visit_json_object(json: &str, each: &mut dyn FnMut(&str, HeaderValue<'_>)) {
     struct Entries<'f>(&'f mut dyn FnMut(&str, HeaderValue<'_>));
-
-    /// A key, borrowed when it has no escapes.
-    struct Key<'a>(Cow<'a, str>);
-
-    impl<'de> serde::Deserialize<'de> for Key<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            match <HeaderValue<'de> as serde::Deserialize<'de>>::deserialize(d)? {
-                HeaderValue::Str(s) => Ok(Key(s)),
-                _ => Err(serde::de::Error::custom("a key that is not a string")),
-            }
-        }
-    }
 
     impl<'de> serde::de::Visitor<'de> for Entries<'_> {
         type Value = ();
