@@ -546,7 +546,10 @@ async fn early_ack_settles_before_the_task_runs() {
     // The ack is handed over once the task's first poll returns, which may be a moment
     // after the task said it entered; the task cannot finish before its gate opens, so
     // this still shows the message settled while its task runs.
-    eventually("early ack: settled while running", || h.mem.unacked_len() == 0).await;
+    eventually("early ack: settled while running", || {
+        h.mem.unacked_len() == 0
+    })
+    .await;
     assert_eq!(h.mem.queue_len("celery"), 0);
     assert!(
         h.results.get(&id).is_none(),
