@@ -1282,6 +1282,9 @@ def render(report: dict, args, plan: Plan, started: datetime.datetime, elapsed: 
       "or one `multiple=true` ack per batch at hand (≤ 100); or prefetch 1,000 and "
       "batches of ≤ 500. With results it stores Celery's "
       "SUCCESS value (`SETEX` + `PUBLISH`), pipelined per batch.")
+    w("- Celeriac's interop worker and the raw limit run on jemalloc, with the same options "
+      "(`narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0`, "
+      "`interop-tests/src/bin/interop-worker/allocator.rs`); Celery on CPython's allocator.")
     w("- CPU seconds are counted from the first message taken to the end of the drain; peak "
       "RSS (VmHWM) includes start-up. For a prefork pool, RSS is summed over the parent and "
       "its children, so shared pages count more than once.")

@@ -12,6 +12,10 @@
 //!
 //! Every command prints one JSON object on stdout for the harness to read.
 
+// The interop worker's allocator and options: the raw limit runs on what Celeriac runs on.
+#[path = "../../interop-tests/src/bin/interop-worker/allocator.rs"]
+mod allocator;
+
 mod amqp_fields;
 mod publish;
 mod raw;

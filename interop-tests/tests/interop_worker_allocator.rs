@@ -1,5 +1,5 @@
 //! The interop worker runs on jemalloc with the options its benchmarks were measured with
-//! (`MALLOC_CONF` in `src/bin/interop-worker.rs`; benches/README.md, "Allocator").
+//! (`MALLOC_CONF` in `src/bin/interop-worker/allocator.rs`; benches/README.md, "Allocator").
 //!
 //! jemalloc prints its statistics, options included, when the process exits if
 //! `_RJEM_MALLOC_CONF=stats_print:true` is set (the prefixed `MALLOC_CONF` of
